@@ -21,15 +21,23 @@ from smoothjax import _config  # noqa: F401  (enables x64 before anything else i
 ABSTAIN = -1
 
 # Public names, re-exported explicitly; one block per module.
+from smoothjax.binomial import (binomial_two_sided_pvalue, clopper_pearson_lower, clopper_pearson_upper)
 # [binomial]
+from smoothjax.certificates import (cohen_radius, dipole_radius, max_grad_norm, sos_grad_norm_upper, sos_radius)
 # [certificates]
+from smoothjax.gradient_bounds import (SUBGAUSSIAN_CONSTANT, NormBounds, chaos_deviation, grad_dual_norm_upper, grad_l1_bounds, grad_l1_upper, grad_l2_bounds, grad_linf_bounds, grad_linf_upper)  # noqa: E501
 # [gradient_bounds]
 # [quadrature]
 # [theorem3]
+from smoothjax.first_order import (l1_radius, linf_radius, subspace_radius)
 # [first_order]
+from smoothjax.sampling import SampleStatistics, sample_statistics
 # [sampling]
+from smoothjax.pipeline import CertifyResult, certify, predict, write_tsv
 # [pipeline]
+from smoothjax.flax_adapters import linen_apply_fn, nnx_apply_fn
 # [flax_adapters]
+from smoothjax.objectives import (OBJECTIVES, certified_radius_loss, gaussian_augmentation_loss, gradient_norms, make_objective, smoothed_gradient, soft_radius, soft_smoothed_probabilities)
 # [objectives]
 
 __version__ = "0.1.0"

@@ -1,0 +1,470 @@
+"""The ``smoothjax`` command line: ``train``, ``certify``, ``analyze`` and ``demo``.
+
+::
+
+    smoothjax demo [--out DIR]                       # the shipped digits model: certify + analyze a subset
+    smoothjax train --dataset digits --sigma 0.25 --out model.msgpack
+    smoothjax certify --model model.msgpack --dataset digits --sigma 0.25 --n 10000 --out cert.tsv
+    smoothjax analyze cert.tsv [more.tsv ...] --out analysis/
+
+User mistakes (a missing file, arrays of the wrong shape, sigma <= 0, n0 > n, an unknown method,
+...) print one line ``smoothjax <command>: error: <what is wrong and how to fix it>`` on stderr and
+exit with status 2; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+#: Method names accepted on the command line -> certificate names of ``pipeline.certify``.
+METHOD_ALIASES = {
+    "cohen": "cohen_l2",
+    "sos": "sos_l2",
+    "dipole": "dipole_l2",
+    "l1": "first_order_l1",
+    "first-order-l1": "first_order_l1",
+    "linf": "first_order_linf",
+    "first-order-linf": "first_order_linf",
+    "subspace": "subspace_l2",
+    "first-order-subspace": "subspace_l2",
+}
+ALL_METHODS = ("cohen_l2", "sos_l2", "dipole_l2", "first_order_l1", "first_order_linf")
+DEMO_METHODS = ALL_METHODS + ("subspace_l2",)
+DEMO_BATCH = 1000
+DEMO_INPUTS = 100
+DEMO_N = 2000
+DEMO_N0 = 64
+SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class UsageError(ValueError):
+    """A mistake in what the user asked for; reported as one line and exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``smoothjax <cmd>: error: ...``) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# ------------------------------------------------------------------------------------------
+# argument parsing
+# ------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="smoothjax", description="Randomized-smoothing certificates in JAX.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,certify,analyze,demo}", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a classifier with Gaussian noise augmentation")
+    p.add_argument("--dataset", default="digits", help="digits | spirals | swissroll | path/to/data.npz (arrays x, y)")
+    p.add_argument("--arch", default="mlp", help="mlp | cnn")
+    p.add_argument("--hidden", default=None, help="comma-separated hidden widths (mlp), e.g. 128,128")
+    p.add_argument("--sigma", type=float, required=True, help="noise std in input units (certify with the same sigma)")
+    p.add_argument("--objective", default="gaussian", help="gaussian (default) or a certificate-aware objective name")
+    p.add_argument("--objective-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option passed to the objective, e.g. num_samples=4 (repeatable)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint path to write (.msgpack)")
+
+    p = sub.add_parser("certify", help="certify inputs with chosen methods and write a Cohen-style TSV")
+    _add_certify_args(p)
+    p.add_argument("--out", required=True, help="TSV path to write")
+
+    p = sub.add_parser("analyze", help="certified accuracy vs radius plots and a markdown table from TSVs")
+    p.add_argument("tsv", nargs="+", help="one or more TSVs written by `smoothjax certify`")
+    p.add_argument("--out", default="smoothjax-analysis", help="output directory (default: smoothjax-analysis)")
+    p.add_argument("--radii", default=",".join(f"{r:g}" for r in SUMMARY_RADII), help="radii for the table")
+
+    p = sub.add_parser("demo", help="certify + analyze a digits subset with the shipped model")
+    p.add_argument("--out", default="smoothjax-demo", help="output directory (default: smoothjax-demo)")
+    p.add_argument("--max-inputs", type=int, default=DEMO_INPUTS, help=f"test inputs to certify (default {DEMO_INPUTS})")
+    p.add_argument("--n", type=int, default=DEMO_N, help=f"samples for estimation (default {DEMO_N})")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _add_certify_args(p):
+    p.add_argument("--model", default=None, help="checkpoint from `smoothjax train` (default: the shipped digits model)")
+    p.add_argument("--dataset", default="digits", help="digits | spirals | swissroll | path/to/data.npz (arrays x, y)")
+    p.add_argument("--split", default="test", help="train | test (default test)")
+    p.add_argument("--sigma", type=float, default=None, help="noise std (default: the sigma the model was trained with)")
+    p.add_argument("--n0", type=int, default=100, help="samples for selecting the top class (default 100)")
+    p.add_argument("--n", type=int, default=10_000, help="samples for estimation (default 10000)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
+    p.add_argument("--batch-size", type=int, default=1000, help="noise samples per input per model call (even for sos/dipole; default 1000)")
+    p.add_argument("--methods", default="cohen,sos,dipole,l1,linf",
+                   help="comma-separated: cohen, sos, dipole, l1, linf, subspace (default: all but subspace)")
+    p.add_argument("--subspace", default=None,
+                   help="pixel mask for the subspace l2 threat model (default top when subspace is requested): 'top', 'bottom', 'left', 'right', "
+                        "'centre' (image halves / central quarter) or a .npy boolean mask of the input shape")
+    p.add_argument("--max-inputs", type=int, default=None, help="certify at most this many inputs")
+    p.add_argument("--skip", type=int, default=1, help="certify every SKIP-th input (default 1)")
+    p.add_argument("--inputs-per-call", type=int, default=10, help="inputs per compiled call (progress granularity)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+# ------------------------------------------------------------------------------------------
+# validation helpers
+# ------------------------------------------------------------------------------------------
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"cohen,sos,l1"`` -> ``("cohen_l2", "sos_l2", "first_order_l1")``; raises :class:`UsageError`."""
+    out = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        canonical = METHOD_ALIASES.get(name, name.replace("-", "_"))
+        if canonical not in ALL_METHODS + ("subspace_l2",):
+            raise UsageError(
+                f"unknown method {raw.strip()!r}; use a comma-separated list of cohen, sos, dipole, l1, linf, subspace."
+            )
+        if canonical not in out:
+            out.append(canonical)
+    if not out:
+        raise UsageError("no methods given; use e.g. --methods cohen,sos,dipole,l1,linf.")
+    return tuple(out)
+
+
+def _parse_radii(text: str) -> tuple[float, ...]:
+    try:
+        radii = tuple(float(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise UsageError(f"--radii must be comma-separated numbers such as 0,0.25,0.5, got {text!r}.") from None
+    if not radii or any(not np.isfinite(r) or r < 0 for r in radii):
+        raise UsageError(f"--radii must be non-negative numbers such as 0,0.25,0.5, got {text!r}.")
+    return radii
+
+
+def _parse_options(items: Sequence[str]) -> dict:
+    """``["num_samples=4", "link=sigmoid"]`` -> ``{"num_samples": 4, "link": "sigmoid"}`` (numbers parsed)."""
+    import json
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--objective-option must look like KEY=VALUE (e.g. num_samples=4), got {item!r}.")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
+def _check_positive(name: str, value, *, integer: bool = False):
+    if value is None:
+        return
+    if not np.isfinite(value) or value <= 0:
+        raise UsageError(f"{name} must be {'a whole number ' if integer else ''}> 0, got {value}.")
+
+
+def _check_certify_numbers(*, sigma, n0, n, alpha, batch_size):
+    if sigma is not None and (not np.isfinite(sigma) or sigma <= 0):
+        raise UsageError(f"--sigma must be a noise level > 0 (e.g. 0.25), got {sigma}.")
+    _check_positive("--n0", n0, integer=True)
+    _check_positive("--n", n, integer=True)
+    _check_positive("--batch-size", batch_size, integer=True)
+    if n0 > n:
+        raise UsageError(f"--n0 ({n0}) must not exceed --n ({n}); n0 samples select the class, n (more) samples certify it.")
+    if n < 2:
+        raise UsageError(f"--n must be at least 2 (pairs of samples are needed), got {n}.")
+    if not (0 < alpha < 1):
+        raise UsageError(f"--alpha must lie strictly between 0 and 1 (e.g. 0.001), got {alpha}.")
+
+
+def subspace_mask(spec: str | None, input_shape: Sequence[int]) -> np.ndarray | None:
+    """A boolean mask of ``input_shape`` for ``--subspace`` (named image region or a ``.npy`` file)."""
+    if spec is None:
+        return None
+    shape = tuple(input_shape)
+    if spec.endswith(".npy"):
+        if not os.path.isfile(spec):
+            raise UsageError(f"subspace mask file {spec!r} not found; save a boolean array of shape {shape} with numpy.save.")
+        mask = np.load(spec, allow_pickle=False)
+        if mask.shape != shape and mask.size != int(np.prod(shape)):
+            raise UsageError(f"subspace mask {spec!r} has shape {mask.shape}, but inputs have shape {shape}.")
+        mask = mask.reshape(shape).astype(bool)
+    else:
+        if len(shape) < 2:
+            raise UsageError(f"--subspace {spec!r} needs image inputs [H, W, ...]; for shape {shape} pass a .npy mask.")
+        h, w = shape[0], shape[1]
+        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        regions = {
+            "top": rows < h // 2,
+            "bottom": rows >= h // 2,
+            "left": cols < w // 2,
+            "right": cols >= w // 2,
+            "centre": (abs(rows - (h - 1) / 2) < h / 4) & (abs(cols - (w - 1) / 2) < w / 4),
+        }
+        regions["center"] = regions["centre"]
+        if spec not in regions:
+            raise UsageError(f"unknown --subspace {spec!r}; use top, bottom, left, right, centre or a .npy mask file.")
+        mask = np.broadcast_to(regions[spec].reshape((h, w) + (1,) * (len(shape) - 2)), shape)
+    if not mask.any():
+        raise UsageError("the subspace mask selects no coordinates; select at least one.")
+    return np.asarray(mask, bool)
+
+
+# ------------------------------------------------------------------------------------------
+# commands
+# ------------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from smoothjax import datasets, models, training
+
+    _check_positive("--sigma", args.sigma)
+    _check_positive("--epochs", args.epochs, integer=True)
+    _check_positive("--batch-size", args.batch_size, integer=True)
+    _check_positive("--lr", args.lr)
+    data = datasets.load_dataset(args.dataset, "train")
+    config = models.default_config(args.arch, data.input_shape, data.num_classes)
+    if args.hidden:
+        try:
+            widths = [int(w) for w in args.hidden.split(",")]
+        except ValueError:
+            raise UsageError(f"--hidden must be comma-separated integers such as 128,128, got {args.hidden!r}.") from None
+        config["hidden"] = widths[0] if args.arch == "cnn" else widths
+    options = _parse_options(args.objective_option)
+    from smoothjax.training import resolve_objective
+
+    resolve_objective(args.objective, models.build_model(config).apply, sigma=args.sigma, **options)  # fail early
+    print(f"training {args.arch} on {args.dataset} ({len(data)} examples, input shape {data.input_shape}, "
+          f"{data.num_classes} classes), sigma={args.sigma}, objective={args.objective}", flush=True)
+
+    def report(epoch, loss):
+        if epoch == 0 or (epoch + 1) % max(1, args.epochs // 10) == 0 or epoch + 1 == args.epochs:
+            print(f"  epoch {epoch + 1:4d}/{args.epochs}  loss {loss:.4f}", flush=True)
+
+    start = time.perf_counter()
+    result = training.train(
+        data, sigma=args.sigma, config=config, objective=args.objective, objective_options=options, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, callback=report,
+    )
+    config = dict(result.config)
+    config["training"] = {
+        "dataset": args.dataset, "sigma": args.sigma, "objective": args.objective, "objective_options": options,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+    }
+    models.save_model(args.out, config, result.params)
+    msg = f"saved {args.out} ({os.path.getsize(args.out) / 1024:.0f} KB) after {time.perf_counter() - start:.1f} s"
+    try:
+        test = datasets.load_dataset(args.dataset, "test")
+        clean = training.accuracy(result.apply_fn, result.params, test.x, test.y)
+        noisy = training.accuracy(result.apply_fn, result.params, test.x, test.y, sigma=args.sigma)
+        msg += f"; test accuracy {clean:.3f} clean, {noisy:.3f} under noise sigma={args.sigma}"
+    except Exception:  # noqa: BLE001  (a user .npz without a test split: skip the report)
+        pass
+    print(msg)
+    return 0
+
+
+def run_certify(
+    *, model_path, dataset, split, sigma, n0, n, alpha, batch_size, methods, subspace, max_inputs, skip,
+    inputs_per_call, seed, out, progress=True,
+):
+    """Certify a dataset split and write ``out`` (TSV); returns ``(table, timing dict, sigma)``."""
+    import jax
+
+    from smoothjax import analysis, datasets, models
+
+    _check_certify_numbers(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size)
+    _check_positive("--skip", skip, integer=True)
+    _check_positive("--max-inputs", max_inputs, integer=True)
+    _check_positive("--inputs-per-call", inputs_per_call, integer=True)
+    apply_fn, params, config = models.load_model(model_path or models.default_model_path())
+    if sigma is None:
+        sigma = config.get("training", {}).get("sigma")
+        if sigma is None:
+            raise UsageError("this model does not record its training sigma; pass --sigma.")
+    data = datasets.load_dataset(dataset, split)
+    expected = tuple(config["input_shape"])
+    if data.input_shape != expected:
+        if int(np.prod(data.input_shape)) == int(np.prod(expected)):
+            data = datasets.Dataset(data.name, data.split, data.x.reshape((len(data), *expected)), data.y, data.num_classes)
+        else:
+            raise UsageError(
+                f"inputs in {dataset!r} have shape {list(data.input_shape)} but the model expects {list(expected)}; "
+                "certify with a dataset matching the model or train a model on this dataset."
+            )
+    if data.num_classes > config["num_classes"]:
+        raise UsageError(f"{dataset!r} has labels up to {data.num_classes - 1} but the model has {config['num_classes']} classes.")
+    if "subspace_l2" in methods and subspace is None:
+        subspace = "top"
+    mask = subspace_mask(subspace, expected) if "subspace_l2" in methods else None
+
+    try:
+        from smoothjax import pipeline
+    except ImportError as err:
+        raise UsageError(f"certification needs smoothjax.pipeline, which is not available ({err}).") from None
+
+    ids = np.arange(len(data))[::skip]
+    if max_inputs is not None:
+        ids = ids[:max_inputs]
+    if len(ids) == 0:
+        raise UsageError("no inputs to certify; lower --skip or raise --max-inputs.")
+    key = jax.random.key(seed)
+    kwargs = dict(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, methods=methods)
+    if mask is not None:
+        kwargs["subspace"] = mask
+
+    from tqdm.auto import tqdm
+
+    # Every call gets exactly `per_call` inputs (the last chunk is padded by repeating its last
+    # input, then trimmed), so the certify program compiles once. Noise depends only on
+    # (seed, input id), so the chunking does not change any number.
+    per_call = min(inputs_per_call, len(ids))
+    results, times = [], []
+    bar = tqdm(total=len(ids), desc="certify", unit="input", disable=not progress, file=sys.stderr)
+    start = time.perf_counter()
+    for lo in range(0, len(ids), per_call):
+        chunk = ids[lo: lo + per_call]
+        padded = np.concatenate([chunk, np.full(per_call - len(chunk), chunk[-1])])
+        t0 = time.perf_counter()
+        res = pipeline.certify(apply_fn, params, data.x[padded], key, input_ids=padded, **kwargs)
+        res = jax.tree_util.tree_map(lambda a: np.asarray(a)[: len(chunk)], res)
+        results.append(res)
+        times.append(np.full(len(chunk), (time.perf_counter() - t0) / len(chunk)))
+        bar.update(len(chunk))
+    bar.close()
+    total = time.perf_counter() - start
+    result = results[0] if len(results) == 1 else jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *results)
+    out_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(out_dir, exist_ok=True)
+    pipeline.write_tsv(out, result, labels=data.y[ids], times=np.concatenate(times), input_ids=ids)
+    table = analysis.read_tsv(out)
+    timing = {
+        "total_s": total,
+        "per_input_s": total / len(ids),
+        "first_call_s": float(times[0][0] * len(results[0].prediction)),
+        "steady_per_input_s": float(np.mean(np.concatenate(times[1:]))) if len(times) > 1 else float("nan"),
+    }
+    return table, timing, sigma
+
+
+def print_summary(table, timing, *, radii=SUMMARY_RADII, file=None) -> None:
+    """Print certified accuracy at ``radii``, ACR per method, and the time per input."""
+    from smoothjax import analysis
+
+    file = file or sys.stdout
+    line = (f"\nsummary: {len(table.label)} inputs in {timing['total_s']:.1f} s: {timing['per_input_s']:.4f} s per input "
+            f"(the first call, {timing['first_call_s']:.1f} s, includes compilation")
+    if np.isfinite(timing["steady_per_input_s"]):
+        line += f"; {timing['steady_per_input_s']:.4f} s per input after it"
+    print(line + ")", file=file)
+    width = max(len(m) for m in table.methods)
+    head = "  ".join(f"r={r:<5g}" for r in radii)
+    print(f"  {'method'.ljust(width)}  {'threat':<11}  {head}  ACR", file=file)
+    for m in table.methods:
+        acc = analysis.certified_accuracy(table, m, radii)
+        cells = "  ".join(f"{a:<7.3f}" for a in acc)
+        print(f"  {m.ljust(width)}  {analysis.threat_model(m):<11}  {cells}  {analysis.average_certified_radius(table, m):.3f}",
+              file=file)
+    print("  (certified accuracy: fraction of inputs classified correctly with radius >= r; "
+          "ACR: average certified radius)", file=file)
+
+
+def cmd_certify(args) -> int:
+    table, timing, sigma = run_certify(
+        model_path=args.model, dataset=args.dataset, split=args.split, sigma=args.sigma, n0=args.n0, n=args.n,
+        alpha=args.alpha, batch_size=args.batch_size, methods=parse_methods(args.methods), subspace=args.subspace,
+        max_inputs=args.max_inputs, skip=args.skip, inputs_per_call=args.inputs_per_call, seed=args.seed, out=args.out,
+    )
+    print(f"wrote {args.out} (sigma={sigma}, n0={args.n0}, n={args.n}, alpha={args.alpha})")
+    print_summary(table, timing)
+    return 0
+
+
+def run_analyze(paths: Sequence[str], out_dir: str, radii=SUMMARY_RADII) -> list[str]:
+    """Plots (PNG + SVG) and ``summary.md`` for TSVs; returns the written paths."""
+    from smoothjax import analysis
+
+    tables = [analysis.read_tsv(p) for p in paths]
+    names = [t.name for t in tables]
+    if len(set(names)) < len(names):  # same file name in different folders: tell them apart
+        tables = [analysis.read_tsv(p, name=os.path.relpath(p)) for p in paths]
+    os.makedirs(out_dir, exist_ok=True)
+    written = analysis.plot_certified_accuracy(tables, os.path.join(out_dir, "certified_accuracy"))
+    md = os.path.join(out_dir, "summary.md")
+    with open(md, "w") as fh:
+        fh.write("# Certified accuracy\n\n")
+        fh.write("Fraction of inputs classified correctly with certified radius >= r (input units); "
+                 "ACR = average certified radius.\n\n")
+        fh.write(analysis.markdown_table(tables, radii))
+    return written + [md]
+
+
+def cmd_analyze(args) -> int:
+    radii = _parse_radii(args.radii)
+    written = run_analyze(args.tsv, args.out, radii)
+    with open(written[-1]) as fh:
+        print(fh.read())
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from smoothjax import models
+
+    _check_positive("--max-inputs", args.max_inputs, integer=True)
+    _check_positive("--n", args.n, integer=True)
+    start = time.perf_counter()
+    out = args.out
+    tsv = os.path.join(out, "digits_sigma0.25.tsv")
+    print(f"smoothjax demo: certifying the first {args.max_inputs} digits test images with the shipped model "
+          f"({os.path.basename(models.default_model_path())}), sigma=0.25, n0={min(DEMO_N0, args.n)}, n={args.n}, "
+          f"alpha=0.001, methods cohen, sos, dipole, first-order l1 / linf / subspace (top half of the image)", flush=True)
+    table, timing, _ = run_certify(
+        model_path=None, dataset="digits", split="test", sigma=0.25, n0=min(DEMO_N0, args.n), n=args.n, alpha=0.001,
+        batch_size=min(DEMO_BATCH, args.n - args.n % 2 or 2), methods=DEMO_METHODS, subspace="top", max_inputs=args.max_inputs, skip=1,
+        inputs_per_call=max(1, args.max_inputs // 10), seed=args.seed, out=tsv,
+    )
+    print_summary(table, timing)
+    written = run_analyze([tsv], out)
+    print(f"\nwrote {tsv}, " + ", ".join(written))
+    print(f"demo finished in {time.perf_counter() - start:.1f} s; next: `smoothjax certify --n 100000 --out cert.tsv` "
+          "for the full test set, or `smoothjax train --dataset your.npz --sigma 0.25 --out model.msgpack`.")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "certify": cmd_certify, "analyze": cmd_analyze, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``smoothjax`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"smoothjax {args.command}"
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        # UsageError, DatasetError, ModelError, AnalysisError and the library's ValueErrors for
+        # concrete bad inputs all say what is wrong in one sentence.
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    except NotImplementedError as err:  # a certificate whose module is not installed / not built
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

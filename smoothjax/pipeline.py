@@ -1,0 +1,482 @@
+"""Cohen's PREDICT and CERTIFY for a batch of inputs, every certificate from one jitted program.
+
+:func:`certify` runs, for a batch of inputs, in one compiled program (one per input shape and
+static configuration; repeated calls do not recompile when the same ``apply_fn`` object is passed):
+
+1. selection: ``n0`` noise samples per input, the top class ``c_A`` = most frequent class;
+2. estimation: ``n`` fresh samples per input (:func:`smoothjax.sampling.sample_statistics`), with
+   only the statistics the requested methods need (static flags);
+3. the confidence bounds and radii of every requested method.
+
+Keys. Input ``b`` uses the key ``fold_in(fold_in(key, stream), input_ids[b])`` with stream 0 for
+selection, 1 for estimation and 2 for :func:`predict`, and sample ``i`` folds in ``i`` again, so a
+result depends only on ``(key, input_id)``: certifying a dataset in batches of any size (pass the
+dataset indices as ``input_ids``), with any ``batch_size``, on any number of devices, gives the
+same numbers.
+
+Certificates and how alpha is split (each reported radius holds with probability >= 1 - alpha on
+its own; by a union bound over the confidence bounds it uses, which needs each bound's own samples
+to be iid but no independence between bounds, see :mod:`smoothjax.sampling`):
+
+===================  ========================================================================
+``cohen_l2``         ``p_A`` lower Clopper-Pearson bound at alpha; ``sigma Phi^-1(p_A)``.
+``sos_l2``           ``p_A`` at alpha/2; the dot-product bound on ``||grad g||_2`` (second
+                     paper, Thm 2, ``n/2`` pairs) at alpha/2; second paper Thm 1.
+``dipole_l2``        Clopper-Pearson lower bounds on ``P[both sides = c_A]`` and ``P[only + side]``
+                     over ``n/2`` antithetic pairs at alpha/2 each; second paper Thm 3.
+``first_order_l1``   ``p_A`` at alpha/2; lower bound on ``||grad g||_2`` and upper bound on
+                     ``||grad g||_inf`` at alpha/4 each (first paper Table 1); Corollary 3.2.
+``first_order_linf`` ``p_A`` at alpha/2; ``||grad g||_2`` lower and ``||grad g||_1`` upper at
+                     alpha/4 each; Corollary 3.3.
+``subspace_l2``      ``p_A`` at alpha/2; ``||grad g||_2`` lower and the l2 norm of the gradient
+                     restricted to the subspace, upper, at alpha/4 each; Corollary 3.4 (p = 2).
+===================  ========================================================================
+
+(The first paper's code spends 1.25 alpha on its l1/linf radii; here every certificate spends
+exactly alpha.) Radii are in input units and in the norm their name says (``subspace_l2``: an l2
+ball of perturbations restricted to the coordinates selected by ``subspace``).
+
+Abstaining. ``prediction`` is ``c_A`` when Cohen's lower bound at alpha exceeds 1/2 (Cohen et
+al.'s CERTIFY), else :data:`smoothjax.ABSTAIN` (-1); every radius is 0 where the prediction is -1,
+and a method whose own bound does not certify (or whose certificate is NaN, e.g. contradictory
+confidence bounds) reports radius 0 with ``method_abstained[name] = True``. ``abstain_reason`` is a
+bit mask per input: :data:`REASON_LOW_PROBABILITY` (Cohen's bound <= 1/2),
+:data:`REASON_NONFINITE_LOGITS` (the model returned NaN or inf logits for some noisy input: the
+counts cannot be trusted, so the input abstains), :data:`REASON_NONFINITE_INPUT` (NaN/inf in
+the input; only reachable under an outer ``jit``, since concrete inputs raise ``ValueError``),
+:data:`REASON_METHOD_FAILED` (some method's certificate was NaN and was replaced by 0).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from smoothjax import _validation as V
+from smoothjax._config import float_dtype
+from smoothjax import ABSTAIN
+from smoothjax.sampling import (
+    SampleStatistics,
+    _over_devices,
+    _pad_to_devices,
+    _sample_statistics_traced,
+    check_input_ids,
+    validate_sampling_args,
+)
+
+ALL_METHODS = ("cohen_l2", "sos_l2", "dipole_l2", "first_order_l1", "first_order_linf", "subspace_l2")
+DEFAULT_METHODS = ("cohen_l2", "sos_l2", "dipole_l2", "first_order_l1", "first_order_linf")
+
+REASON_LOW_PROBABILITY = 1
+REASON_NONFINITE_LOGITS = 2
+REASON_NONFINITE_INPUT = 4
+REASON_METHOD_FAILED = 8
+
+_SELECTION_STREAM, _ESTIMATION_STREAM, _PREDICT_STREAM = 0, 1, 2
+_PAIR_METHODS = ("sos_l2", "dipole_l2")
+_FIRST_ORDER = ("first_order_l1", "first_order_linf", "subspace_l2")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class CertifyResult:
+    """Result of :func:`certify` for a batch of inputs; every array has a leading ``[batch]`` axis.
+
+    Fields:
+      prediction: int32, ``c_A`` or -1 (abstain).
+      radii: dict method name -> float radius (input units, 0 where abstaining).
+      p_lower: dict method name -> the lower bound on ``p_A`` that method used (for dipole, the
+        lower bound on ``P[both sides = c_A]``).
+      bounds: dict of the other confidence bounds used, e.g. ``"sos_grad_norm_upper"``,
+        ``"dipole_plus_only_lower"``, ``"grad_l2_lower"``, ``"grad_linf_upper"``,
+        ``"grad_l1_upper"``, ``"subspace_grad_l2_upper"`` (gradients in 1/input units).
+      method_abstained: dict method name -> bool, True where that method's radius is 0.
+      abstain_reason: int32 bit mask (``REASON_*`` constants; 0 = certified).
+      top_class: int32, the selection pass's top class ``c_A`` (also where abstaining).
+      selection_counts: ``[batch, num_classes]`` counts of the selection pass.
+      statistics: :class:`smoothjax.sampling.SampleStatistics` of the estimation pass.
+      input_ids: the ids the noise keys were derived from.
+    """
+
+    prediction: Any
+    radii: dict
+    p_lower: dict
+    bounds: dict
+    method_abstained: dict
+    abstain_reason: Any
+    top_class: Any
+    selection_counts: Any
+    statistics: SampleStatistics
+    input_ids: Any
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _normalise_methods(methods, subspace):
+    if isinstance(methods, str):
+        methods = (methods,)
+    methods = tuple(methods)
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        raise ValueError(f"unknown certification method(s) {unknown}; choose from {list(ALL_METHODS)}.")
+    if subspace is not None and "subspace_l2" not in methods:
+        methods = methods + ("subspace_l2",)
+    if "subspace_l2" in methods and subspace is None:
+        raise ValueError("method 'subspace_l2' needs a subspace: pass subspace=<boolean mask of the input shape>.")
+    if not methods:
+        raise ValueError("methods must name at least one certificate.")
+    return tuple(m for m in ALL_METHODS if m in methods)
+
+
+def _check_subspace(subspace, input_shape):
+    if subspace is None:
+        return None
+    mask = np.asarray(subspace)
+    if mask.shape != tuple(input_shape) or mask.dtype != bool:
+        raise ValueError(
+            f"subspace must be a boolean mask of the input shape {tuple(input_shape)} selecting the perturbed "
+            f"coordinates; got an array of shape {mask.shape} and dtype {mask.dtype}."
+        )
+    if not mask.any():
+        raise ValueError("subspace selects no coordinates; select at least one.")
+    return jnp.asarray(mask)
+
+
+def _stream_key(key, stream):
+    return jax.random.fold_in(key, stream)
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def predict(apply_fn, params, xs, key, *, sigma, n: int, alpha, batch_size: int, input_ids=None):
+    """Cohen et al.'s PREDICT for a batch: the top class, or -1 where the binomial test fails.
+
+    With ``n`` noise samples per input, ``n_A, n_B`` the two largest class counts: predict ``c_A``
+    if the two-sided exact binomial test of ``n_A`` out of ``n_A + n_B`` against 1/2 has p-value
+    <= alpha, else abstain (-1). An input whose model logits were NaN/inf for some sample abstains.
+
+    Args:
+      apply_fn, params: the classifier ``apply_fn(params, x [m, *input_shape]) -> logits [m, C]``.
+      xs: ``[batch, *input_shape]`` inputs. key: PRNG key. sigma: noise std (input units).
+      n: static number of samples. alpha: test level in (0, 1). batch_size: samples per input per step.
+      input_ids: ``[batch]`` ids the per-input keys are derived from (default ``arange(batch)``).
+
+    Returns:
+      int32 ``[batch]`` predictions (-1 = abstain).
+    """
+    V.check_alpha(alpha)
+    validate_sampling_args(apply_fn, params, xs, sigma=sigma, num_samples=n, batch_size=batch_size, pairs=False, name="n")
+    xs = jnp.asarray(xs)
+    ids = check_input_ids(input_ids, xs.shape[0])
+    xs, ids, batch = _pad_to_devices(xs, ids)
+    ftype = float_dtype()
+    out = _predict_jit(
+        apply_fn, params, xs, key, ids, jnp.asarray(sigma, ftype), jnp.asarray(alpha, ftype), n=n, batch_size=batch_size
+    )
+    return out[:batch]
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "n", "batch_size"))
+def _predict_jit(apply_fn, params, xs, key, input_ids, sigma, alpha, *, n, batch_size):
+    from smoothjax.binomial import binomial_two_sided_pvalue
+
+    def per_shard(xs, input_ids, params, key, sigma, alpha):
+        stats = _sample_statistics_traced(
+            apply_fn, params, xs, _stream_key(key, _PREDICT_STREAM), sigma, None, input_ids,
+            num_samples=n, batch_size=batch_size,
+        )
+        top2 = jax.lax.top_k(stats.counts, 2)[0] if stats.counts.shape[1] > 1 else stats.counts
+        n_a = top2[:, 0]
+        n_b = top2[:, 1] if top2.shape[1] > 1 else jnp.zeros_like(n_a)
+        pvalue = binomial_two_sided_pvalue(n_a, n_a + n_b)
+        top = jnp.argmax(stats.counts, axis=1).astype(jnp.int32)
+        ok = (pvalue <= alpha) & (stats.nonfinite == 0) & jnp.all(jnp.isfinite(_flat(xs)), axis=1)
+        return jnp.where(ok, top, ABSTAIN)
+
+    return _over_devices(per_shard, (xs, input_ids), (params, key, sigma, alpha))
+
+
+def _flat(xs):
+    return xs.reshape((xs.shape[0], -1))
+
+
+# ----------------------------------------------------------------------------- certify
+
+
+def certify(
+    apply_fn,
+    params,
+    xs,
+    key,
+    *,
+    sigma,
+    n0: int,
+    n: int,
+    alpha,
+    batch_size: int,
+    methods=DEFAULT_METHODS,
+    subspace=None,
+    input_ids=None,
+) -> CertifyResult:
+    """Certify a batch of inputs with every requested method (see the module docstring).
+
+    Args:
+      apply_fn: pure ``apply_fn(params, x [m, *input_shape]) -> logits [m, num_classes]`` (pass the
+        same function object on every call: it is a static argument of the compiled program).
+      params: pytree of model parameters.
+      xs: ``[batch, *input_shape]`` inputs (noise is drawn in their dtype).
+      key: PRNG key (``jax.random.key``).
+      sigma: noise standard deviation (input units). alpha: failure probability in (0, 1).
+      n0, n: static sample counts of the selection and estimation passes (``n0 <= n``; ``n`` even
+        when ``sos_l2`` or ``dipole_l2`` is requested).
+      batch_size: static, noise samples per input per step (even when pairs are needed). The model
+        sees ``batch * batch_size`` rows per step (``1.5x`` with ``dipole_l2``).
+      methods: certificate names from :data:`ALL_METHODS`.
+      subspace: optional boolean mask of the input shape selecting the coordinates an adversary
+        may perturb; adds ``"subspace_l2"``.
+      input_ids: ``[batch]`` ids (e.g. dataset indices) the noise keys derive from.
+
+    Returns:
+      :class:`CertifyResult`.
+
+    Raises:
+      ValueError: bad sigma, alpha, sample counts (n0 > n, odd n or batch_size with pair methods),
+        unknown methods, NaN/inf inputs, inputs the model rejects, a malformed subspace mask.
+    """
+    methods = _normalise_methods(methods, subspace)
+    V.check_alpha(alpha)
+    needs_pairs = any(m in methods for m in _PAIR_METHODS)
+    num_classes = validate_sampling_args(
+        apply_fn, params, xs, sigma=sigma, num_samples=n, batch_size=batch_size, pairs=needs_pairs, name="n"
+    )
+    V.check_static_int("n0", n0, 1)
+    if n0 > n:
+        raise ValueError(f"n0 (selection samples, {n0}) must not exceed n (estimation samples, {n}).")
+    if any(m in methods for m in _FIRST_ORDER) and n < 4:
+        raise ValueError(f"first-order certificates need n >= 4 samples (two halves); got n = {n}.")
+    xs = jnp.asarray(xs)
+    mask = _check_subspace(subspace, xs.shape[1:])
+    ids = check_input_ids(input_ids, xs.shape[0])
+    _require_modules(methods)
+    xs, ids, batch = _pad_to_devices(xs, ids)
+    ftype = float_dtype()
+    result = _certify_jit(
+        apply_fn, params, xs, key, ids, jnp.asarray(sigma, ftype), jnp.asarray(alpha, ftype), mask,
+        n0=n0, n=n, batch_size=batch_size, methods=methods, num_classes=num_classes,
+        subspace_dim=None if mask is None else int(np.sum(np.asarray(mask))),
+    )
+    if result.prediction.shape[0] != batch:
+        result = jax.tree_util.tree_map(lambda a: a[:batch], result)
+    return result
+
+
+_FIRST_ORDER_NEEDS = (
+    ("gradient_bounds", "grad_l2_bounds"),
+    ("first_order", "l1_radius"),
+    ("theorem3", "directional_radius"),
+)
+_REQUIREMENTS = {
+    "cohen_l2": (("certificates", "cohen_radius"),),
+    "sos_l2": (("certificates", "sos_radius"), ("certificates", "sos_grad_norm_upper")),
+    "dipole_l2": (("certificates", "dipole_radius"),),
+    "first_order_l1": _FIRST_ORDER_NEEDS,
+    "first_order_linf": _FIRST_ORDER_NEEDS,
+    "subspace_l2": _FIRST_ORDER_NEEDS,
+}
+
+
+def missing_requirements(method: str) -> list[str]:
+    """The ``module.name`` functions a method needs that cannot be imported (empty when usable)."""
+    import importlib
+
+    missing = []
+    for mod, name in (("binomial", "clopper_pearson_lower"),) + _REQUIREMENTS[method]:
+        try:
+            ok = hasattr(importlib.import_module(f"smoothjax.{mod}"), name)
+        except ImportError:
+            ok = False
+        if not ok:
+            missing.append(f"smoothjax.{mod}.{name}")
+    return missing
+
+
+def _require_modules(methods):
+    for m in methods:
+        missing = missing_requirements(m)
+        if missing:
+            raise NotImplementedError(f"method {m!r} needs {', '.join(missing)}, which is not available.")
+
+
+_CERTIFY_STATIC = ("apply_fn", "n0", "n", "batch_size", "methods", "num_classes", "subspace_dim")
+
+
+@functools.partial(jax.jit, static_argnames=_CERTIFY_STATIC)
+def _certify_jit(
+    apply_fn, params, xs, key, input_ids, sigma, alpha, mask, *, n0, n, batch_size, methods, num_classes, subspace_dim
+):
+    def per_shard(xs, input_ids, params, key, sigma, alpha, mask):
+        return _certify_traced(
+            apply_fn, params, xs, key, input_ids, sigma, alpha, mask,
+            n0=n0, n=n, batch_size=batch_size, methods=methods, subspace_dim=subspace_dim,
+        )
+
+    return _over_devices(per_shard, (xs, input_ids), (params, key, sigma, alpha, mask))
+
+
+def _certify_traced(apply_fn, params, xs, key, input_ids, sigma, alpha, mask, *, n0, n, batch_size, methods, subspace_dim):
+    from smoothjax.binomial import clopper_pearson_lower
+
+    ftype = float_dtype()
+    sigma, alpha = jnp.asarray(sigma, ftype), jnp.asarray(alpha, ftype)
+    dim = int(np.prod(xs.shape[1:]))
+    selection = _sample_statistics_traced(
+        apply_fn, params, xs, _stream_key(key, _SELECTION_STREAM), sigma, None, input_ids,
+        num_samples=n0, batch_size=batch_size,
+    )
+    top = jnp.argmax(selection.counts, axis=1).astype(jnp.int32)
+    first_order = [m for m in methods if m in _FIRST_ORDER]
+    stats = _sample_statistics_traced(
+        apply_fn, params, xs, _stream_key(key, _ESTIMATION_STREAM), sigma, top, input_ids,
+        num_samples=n, batch_size=batch_size,
+        dot_product="sos_l2" in methods, dipole="dipole_l2" in methods, split_half=bool(first_order),
+    )
+    # Every Clopper-Pearson bound in ONE call (one solver in the compiled program, not four).
+    n_a = stats.target_count
+    cp_k, cp_n, cp_alpha = [n_a, n_a], [n, n], [alpha, alpha / 2]
+    if "dipole_l2" in methods:
+        cp_k += [stats.dipole_both, stats.dipole_plus_only]
+        cp_n += [stats.num_pairs] * 2
+        cp_alpha += [alpha / 2] * 2
+    cp = clopper_pearson_lower(
+        jnp.stack(cp_k), jnp.asarray(cp_n, ftype)[:, None], jnp.stack([jnp.broadcast_to(a, n_a.shape) for a in cp_alpha])
+    )
+    p_cohen, p_half = cp[0], cp[1]
+
+    radii, p_lower, bounds = {}, {}, {}
+    if "cohen_l2" in methods:
+        from smoothjax.certificates import cohen_radius
+
+        radii["cohen_l2"] = cohen_radius(p_cohen, sigma)
+        p_lower["cohen_l2"] = p_cohen
+    if "sos_l2" in methods:
+        from smoothjax.certificates import sos_grad_norm_upper, sos_radius
+
+        grad_up = sos_grad_norm_upper(stats.dot_mean, stats.num_pairs, dim, sigma, alpha / 2, p_half)
+        radii["sos_l2"] = sos_radius(p_half, grad_up, sigma)
+        p_lower["sos_l2"] = p_half
+        bounds["sos_grad_norm_upper"] = grad_up
+    if "dipole_l2" in methods:
+        from smoothjax.certificates import dipole_radius
+
+        cs, cn = cp[2], cp[3]
+        radii["dipole_l2"] = dipole_radius(cs, cn, sigma)
+        p_lower["dipole_l2"] = cs
+        bounds["dipole_plus_only_lower"] = cn
+    if first_order:
+        radii_fo, bounds_fo = _first_order_radii(stats, p_half, sigma, alpha / 4, mask, subspace_dim, first_order)
+        radii.update(radii_fo)
+        bounds.update(bounds_fo)
+        for m in first_order:
+            p_lower[m] = p_half
+
+    finite_input = jnp.all(jnp.isfinite(_flat(xs)), axis=1)
+    certified = p_cohen > 0.5
+    reason = jnp.where(certified, 0, REASON_LOW_PROBABILITY)
+    reason = reason | jnp.where(stats.nonfinite + selection.nonfinite > 0, REASON_NONFINITE_LOGITS, 0)
+    reason = reason | jnp.where(finite_input, 0, REASON_NONFINITE_INPUT)
+    failed = jnp.zeros_like(certified)
+    for name in radii:
+        failed = failed | jnp.isnan(radii[name])
+    reason = (reason | jnp.where(failed & (reason == 0), REASON_METHOD_FAILED, 0)).astype(jnp.int32)
+    ok = (reason & ~REASON_METHOD_FAILED) == 0
+    prediction = jnp.where(ok, top, ABSTAIN).astype(jnp.int32)
+    method_abstained = {}
+    for name in list(radii):
+        r = jnp.asarray(radii[name], ftype)
+        good = ok & ~jnp.isnan(r) & (r > 0)  # +inf is legitimate (subspace_l2: g constant along S)
+        radii[name] = jnp.where(good, r, 0.0)
+        method_abstained[name] = ~good
+    return CertifyResult(
+        prediction=prediction,
+        radii=radii,
+        p_lower=p_lower,
+        bounds=bounds,
+        method_abstained=method_abstained,
+        abstain_reason=reason,
+        top_class=top,
+        selection_counts=selection.counts,
+        statistics=stats,
+        input_ids=input_ids,
+    )
+
+
+def _first_order_radii(stats, p_lower, sigma, alpha_each, mask, subspace_dim, methods):
+    """First-paper radii (Corollaries 3.2-3.4) from the split-half means of ``z``.
+
+    Each gradient-norm bound holds on its own at ``1 - alpha_each`` (``alpha_each = alpha/4``; see
+    :mod:`smoothjax.gradient_bounds`), so with ``p_lower`` at alpha/2 every radius spends alpha.
+    The subspace bound uses the means with the coordinates outside the mask set to 0 (the same
+    dot products and norms as the projected coordinates) and ``subspace_dim = mask.sum()``.
+    """
+    from smoothjax.first_order import l1_radius, linf_radius, subspace_radius
+    from smoothjax.gradient_bounds import grad_dual_norm_upper, grad_l1_upper, grad_l2_bounds, grad_linf_upper
+
+    mean_a, mean_b, num_a, num_b = stats.z_mean_a, stats.z_mean_b, stats.num_a, stats.num_b
+    dim = mean_a.shape[-1]
+    l2_lower = grad_l2_bounds(mean_a, mean_b, num_a, num_b, sigma, alpha_each).lower
+    radii, bounds = {}, {"grad_l2_lower": l2_lower}
+    if "first_order_l1" in methods:
+        up = grad_linf_upper(mean_a, mean_b, num_a, num_b, sigma, alpha_each)
+        radii["first_order_l1"] = l1_radius(p_lower, l2_lower, up, sigma)
+        bounds["grad_linf_upper"] = up
+    if "first_order_linf" in methods:
+        up = grad_l1_upper(mean_a, mean_b, num_a, num_b, sigma, alpha_each)
+        radii["first_order_linf"] = linf_radius(p_lower, l2_lower, up, dim, sigma)
+        bounds["grad_l1_upper"] = up
+    if "subspace_l2" in methods:
+        keep = mask.reshape(-1).astype(mean_a.dtype)
+        up = grad_dual_norm_upper(mean_a * keep, mean_b * keep, num_a, num_b, sigma, alpha_each, 2,
+                                  subspace_dim=subspace_dim)
+        radii["subspace_l2"] = subspace_radius(p_lower, l2_lower, up, sigma, p=2)
+        bounds["subspace_grad_l2_upper"] = up
+    return radii, bounds
+
+
+# ----------------------------------------------------------------------------- TSV output
+
+
+def write_tsv(path, result: CertifyResult, labels=None, times=None, input_ids=None) -> None:
+    """Write a Cohen-style TSV: ``idx, label, predict, radius_<method>..., correct, time``.
+
+    One row per input. ``idx`` is ``input_ids`` (default: the ids stored in ``result``); ``label``
+    is -1 and ``correct`` 0 when ``labels`` is None; ``time`` is seconds per input (``nan`` when
+    ``times`` is None). Radii are written with Python's shortest round-trip float repr, so
+    reading them back gives exactly the certified numbers (never rounded up).
+    """
+    prediction = np.asarray(result.prediction)
+    batch = prediction.shape[0]
+    idx = np.asarray(result.input_ids if input_ids is None else input_ids).astype(np.int64)
+    lab = np.full(batch, -1, np.int64) if labels is None else np.asarray(labels).astype(np.int64)
+    tim = np.full(batch, np.nan) if times is None else np.asarray(times, float)
+    for name, arr in (("input_ids", idx), ("labels", lab), ("times", tim)):
+        if arr.shape != (batch,):
+            raise ValueError(f"{name} must have one entry per input ({batch}), got shape {arr.shape}.")
+    names = [m for m in ALL_METHODS if m in result.radii]
+    radii = {m: np.asarray(result.radii[m], float) for m in names}
+    correct = (prediction == lab) & (lab >= 0) if labels is not None else np.zeros(batch, bool)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        writer.writerow(["idx", "label", "predict", *[f"radius_{m}" for m in names], "correct", "time"])
+        for i in range(batch):
+            writer.writerow(
+                [int(idx[i]), int(lab[i]), int(prediction[i]), *[repr(float(radii[m][i])) for m in names],
+                 int(correct[i]), f"{tim[i]:.6f}"]
+            )

@@ -1,0 +1,807 @@
+"""The first paper's Theorem 3: first-order lower bound of the smoothed probability, its solver
+and the directional radius.
+
+Source: Mohapatra et al., "Higher-Order Certification for Randomized Smoothing" (NeurIPS 2020),
+Section 3.2, Theorem 3, Propositions 1-2, Corollary 3.1 (``/work/shared/papers/higher-order-
+certification.txt``).
+
+Convention (dimensionless, as in the theorem)
+---------------------------------------------
+``q`` <= g(x) is a lower bound of the smoothed probability of the top class at x; ``m1`` a lower
+bound of ``sigma v . grad g(x)``; ``m2`` a lower bound of ``sigma ||grad g(x) - (v . grad g) v||``;
+``r = radius / sigma``. Multiply a dimensionless radius by sigma to get input units.
+
+The problem and its solution (derived here, not taken from the paper's text)
+-------------------------------------------------------------------------------
+Write F(z) = f(x + sigma z) in [0, 1] for the base classifier in sigma units, Z = (X, Y, ...) ~
+N(0, I) with X along v and Y along the part of grad g orthogonal to v. Then g(x) = E[F],
+sigma v.grad g = E[X F], sigma ||grad g - (v.grad g) v|| = E[Y F] and, by the Gaussian change of
+measure, g(x + sigma r v) = E[F(Z + r e1)] = E[F(Z) w(X)] with w(x) = exp(r x - r^2/2). Theorem 3
+is the linear program
+
+    p_lower(r) = min_F E[F w(X)]  s.t.  E[F] >= q,  E[X F] >= m1,  E[Y F] >= m2,  0 <= F <= 1.
+
+Generalized Neyman-Pearson / Lagrange duality with multipliers lam = (lam0, lam1, lam2) >= 0: for
+every feasible F and every lam >= 0,
+
+    E[F w] >= lam.(q, m1, m2) - E[(lam0 + lam1 X + lam2 Y - w(X))_+]          (weak duality)
+
+with equality for F = 1{lam0 + lam1 X + lam2 Y > w(X)} = 1{Y > -c(X)}, where
+c(x) = c0 + c1 x + c2 e^{r x}, c0 = lam0/lam2, c1 = lam1/lam2, c2 = -e^{-r^2/2}/lam2 < 0. Integrating
+Y out gives the paper's equations (4), (5b), (5a): E[Phi(c(X))] = q, E[X Phi(c(X))] = m1,
+E[phi(c(X))] = m2, and, since phi(x) w(x) = phi(x - r),
+
+    p_lower(r) = integral phi(x - r) Phi(c(x)) dx.
+
+lam1 >= 0 is c1 >= 0: when the three-equation solution would have c1 < 0 the constraint on m1 is
+slack and the minimiser is the paper's two-equation fallback c(x) = c0 + c2 e^{r x} (lam1 = 0).
+Envelope theorem: dp/dq = lam0, dp/dm1 = lam1, dp/dm2 = lam2, dp/dr = E[F w(X) (X - r)].
+
+Parametrisation used for the solve
+-----------------------------------
+The c's cancel catastrophically as r -> 0 and grow like 1/m2 as m2 -> 0, so we solve for
+theta = (A, B, eps) with
+
+    lam0 = e^{-r^2/2} (1 + k A),  lam1 = r e^{-r^2/2} (1 + r B / 2),  lam2 = k eps,
+    k = (r^2 / 2) e^{-r^2/2},  h(x) = 2 (e^{r x} - 1 - r x) / r^2  (-> x^2 as r -> 0),
+
+so that the optimal set is {(x, y): A + B x - h(x) + eps y > 0}, i.e. c(x) = (A + B x - h(x))/eps.
+theta stays O(1) as r -> 0 (the limit problem has h = x^2) and is finite at eps = 0 (m2 = 0, the
+band / half-line solution of Corollary 3.1 and of Cohen et al.). lam1 >= 0 is B >= -2/r.
+
+Quadrature (why it is accurate in every limit)
+----------------------------------------------
+The region lies above the convex curve y = b(x) = (h(x) - B x - A)/eps. Where |b'(x)| <= 1 we
+integrate over x (integrand phi(x) Phi(-b(x)), smooth on the scale of the Gaussian); where the
+curve is steeper (|b'| > 1, including the whole curve as eps -> 0) we integrate over y and do the
+x-integral in closed form between the curve's roots x1(y), x2(y) (found by monotone Newton
+iterations), whose dependence on y is then gentle. Each piece uses the composite Gauss-Legendre
+rule of :mod:`smoothjax.quadrature` (absolute error ~1e-14). The Jacobian needed by Newton is the
+corresponding line integral along the curve (no differentiation through quadrature nodes).
+
+Soundness
+---------
+``theorem3_p_lower`` returns the dual value at the multipliers Newton found, evaluated as
+P + lam.(b - I) (P = E[F w], I = (E F, E X F, E Y F), b = (q, m1, m2)), which is a valid lower bound
+for any lam >= 0 whatever the accuracy of Newton; only the quadrature error (~1e-14) is not
+covered. ``directional_radius`` returns a radius at which that certified value is >= 1/2 (after a
+first-order correction of at most a few ulps).
+
+Feasible region and outside it
+-------------------------------
+M = phi(Phi^-1(q)) is the largest sigma ||grad g|| possible at g(x) = q. (m1, m2) is feasible when
+0 <= m2 <= M and max(m1, 0)^2 + m2^2 <= M^2 (an m1 <= 0 below the disk only means the m1 bound is
+slack: the fallback value applies). Negative m2 is treated as 0 (a norm is >= 0, so 0 is a valid
+lower bound). q must lie in (0, 1). Outside jit, infeasible input raises ``ValueError``; inside
+jit the result is NaN (and ``converged`` False). m2 == M gives p_lower = q for every r and an
+infinite radius; m1 > 0 on the arc max(m1,0)^2 + m2^2 = M^2 gives the half-space value
+Phi(Phi^-1(q) + r m1 / M) >= q and an infinite radius. Near that arc the multipliers blow up and
+Newton may report ``converged = False``; the value returned is still a valid (possibly loose)
+lower bound because it is a dual value.
+
+float32: the solver runs in :func:`smoothjax._config.float_dtype`; in float32 its tolerances are
+not reachable and ``converged`` is usually False -- use float64 (the default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.scipy.special import ndtr, ndtri
+
+from smoothjax import _validation
+from smoothjax._config import as_float, float_dtype
+from smoothjax.quadrature import NODES_PER_PANEL, WINDOW, gaussian_panel_rule
+
+__all__ = [
+    "Theorem3Solution",
+    "theorem3_coefficients",
+    "theorem3_p_lower",
+    "directional_radius",
+    "max_grad_norm_dimensionless",
+]
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_MAX_EXP = 700.0
+_NEWTON_ITERS = 60
+_ROOT_ITERS = 8
+_RES_TOL = 1e-13  # max |residual| at which Newton stops
+_CONVERGED_TOL = 1e-11  # max |residual| reported as converged
+_RADIUS_ITERS = 40
+_STEP_SCALE = jnp.array([1.0, 3.0, 3.0])  # |dA|, 3|dB|, 3|d eps|: shifts of the curve over |x| <= 3
+_FAR = 40.0  # |x| beyond which Phi(x) is exactly 0 or 1 in float64
+
+
+# ---------------------------------------------------------------------------------------------
+# elementary functions, stable at r -> 0
+
+
+def _phi(x):
+    return jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI
+
+
+def _e1(u):
+    """expm1(u) / u."""
+    small = jnp.abs(u) < 1e-4
+    us = jnp.where(small, 1.0, u)
+    return jnp.where(small, 1.0 + u * (0.5 + u * (1.0 / 6.0 + u / 24.0)), jnp.expm1(us) / us)
+
+
+def _e2(u):
+    """2 (e^u - 1 - u) / u^2."""
+    small = jnp.abs(u) < 0.05
+    us = jnp.where(small, 1.0, u)
+    # sum_k 2 u^k / (k+2)!
+    coef = [2.0 / math.factorial(k + 2) for k in range(9)]
+    series = coef[-1]
+    for c in coef[-2::-1]:
+        series = series * u + c
+    return jnp.where(small, series, 2.0 * (jnp.expm1(us) - us) / (us * us))
+
+
+def _l2(u):
+    """2 (u - log1p(u)) / u^2  (u > -1)."""
+    small = jnp.abs(u) < 0.01
+    us = jnp.where(small, 0.5, u)
+    coef = [2.0 * (-1.0) ** k / (k + 2) for k in range(12)]
+    series = coef[-1]
+    for c in coef[-2::-1]:
+        series = series * u + c
+    return jnp.where(small, series, 2.0 * (us - jnp.log1p(us)) / (us * us))
+
+
+def _lg(s):
+    """log1p(s) / s  (s > -1)."""
+    small = jnp.abs(s) < 1e-4
+    ss = jnp.where(small, 1.0, s)
+    return jnp.where(small, 1.0 + s * (-0.5 + s * (1.0 / 3.0 - s / 4.0)), jnp.log1p(ss) / ss)
+
+
+def _h(x, r):
+    """h(x) = 2 (e^{r x} - 1 - r x) / r^2, = x^2 at r = 0."""
+    u = jnp.minimum(r * x, _MAX_EXP)
+    return x * x * _e2(u)
+
+
+def _dh(x, r):
+    """h'(x) = 2 (e^{r x} - 1) / r."""
+    u = jnp.minimum(r * x, _MAX_EXP)
+    return 2.0 * x * _e1(u)
+
+
+def _dh_inverse(s, r):
+    """The x with h'(x) = s, or -inf when s <= -2/r (h' > -2/r everywhere)."""
+    z = 0.5 * r * s
+    ok = z > -1.0
+    zs = jnp.where(ok, z, 0.0)
+    return jnp.where(ok, 0.5 * s * _lg(zs), -jnp.inf)
+
+
+# ---------------------------------------------------------------------------------------------
+# roots of h(x) - B x = T on either side of the curve's steep part
+
+
+def _quadratic_step(D, slope, curv):
+    """Positive root d of curv d^2 + slope d = D (D, slope, curv >= 0), computed stably."""
+    D = jnp.maximum(D, 0.0)
+    den = slope + jnp.sqrt(slope * slope + 4.0 * curv * D)
+    return jnp.where(den > 0, 2.0 * D / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def _right_root(T, B, r, eps, x_R, H_R):
+    """Largest root of h(x) - B x = T, given x_R (where h' - B = eps) and H_R = h(x_R) - B x_R <= T.
+
+    Newton on psi(x) = (2/r^2) (r x - log(1 + r x + r^2 (B x + T)/2)), convex in x and increasing
+    at the root, from a start to its right (a quadratic lower bound of h - B x): the iterates
+    decrease monotonically to the root; the log form converges in a few steps even where e^{r x}
+    dominates.
+    """
+    curv = jnp.exp(jnp.minimum(r * x_R, _MAX_EXP))  # h''/2 >= this right of x_R
+    # Beyond x_far every function of x2 we use (Phi(x2), Phi(x2 - r), phi(...)) is exactly 1 or 0,
+    # so a root past it is as good as x_far (the iterates never move right).
+    x_far = jnp.maximum(x_R, r + _FAR)
+    x = jnp.minimum(x_R + _quadratic_step(T - H_R, eps, curv), x_far)
+
+    def body(_, x):
+        u = r * x
+        lin = B * x + T
+        delta = 0.5 * r * r * lin
+        z = 1.0 + u + delta
+        zs = jnp.maximum(z, 1e-300)
+        small = jnp.abs(u) < 0.5
+        us = jnp.where(small, u, 0.0)
+        s = delta / (1.0 + us)
+        psi_small = x * x * _l2(us) - lin / (1.0 + us) * _lg(jnp.where(small, s, 0.0))
+        rs = jnp.where(small, 1.0, r)
+        psi_large = 2.0 / (rs * rs) * (u - jnp.log(zs))
+        psi = jnp.where(small, psi_small, psi_large)
+        dpsi = (2.0 * x - B + r * lin) / zs
+        step = jnp.where(dpsi > 0, psi / jnp.where(dpsi > 0, dpsi, 1.0), 0.0)
+        return jnp.clip(x - jnp.maximum(step, 0.0), x_R, x)
+
+    return lax.fori_loop(0, _ROOT_ITERS, body, x)
+
+
+def _left_root(T, B, r, eps, x_L, H_L):
+    """Smallest root of h(x) - B x = T, given x_L (where h' - B = -eps) and H_L = h(x_L) - B x_L <= T.
+
+    Newton on the convex, decreasing phi(x) = h(x) - B x - T from a start to the left of the root
+    (the larger of the tangent-line bound and a Newton step from a quadratic inner bound): the
+    iterates increase monotonically to the root.
+    """
+    D = jnp.maximum(T - H_L, 0.0)
+    x_lin = jnp.where(eps > 0, x_L - D / jnp.where(eps > 0, eps, 1.0), -jnp.inf)
+    curv = jnp.exp(jnp.minimum(r * x_L, _MAX_EXP))  # h''/2 <= this left of x_L
+    x_in = x_L - _quadratic_step(D, eps, curv)
+
+    def newton(x):
+        f = _h(x, r) - B * x - T
+        df = _dh(x, r) - B
+        return x - jnp.where(df < 0, f / jnp.where(df < 0, df, -1.0), 0.0)
+
+    x = jnp.maximum(jnp.maximum(x_lin, jnp.minimum(newton(x_in), x_in)), jnp.minimum(x_L, -_FAR))
+
+    def body(_, x):
+        return jnp.clip(newton(x), x, x_L)
+
+    return lax.fori_loop(0, _ROOT_ITERS, body, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# the integrals
+
+
+def _moments(theta, r, n=NODES_PER_PANEL):
+    """Integrals over F = 1{A + B X - h(X) + eps Y > 0} for scalar theta = (A, B, eps) and r.
+
+    Returns (I, P, Pr, J): I = (E F, E[X F], E[Y F]); P = E[F w(X)]; Pr = E[F w(X) (X - r)];
+    J[i, j] = d I_i / d theta_j (symmetric positive semi-definite).
+    """
+    A, B, eps = theta[0], theta[1], theta[2]
+    pos = eps > 0
+    eps_s = jnp.where(pos, eps, 1.0)
+
+    def g(x):
+        return A + B * x - _h(x, r)
+
+    # Left of -WINDOW - 2 nothing matters (Phi(-10.5) ~ 4e-26): clamping x_R there keeps it finite
+    # at the fallback with eps = 0 (x_R = -inf) and keeps every bound used below valid.
+    x_R = jnp.maximum(_dh_inverse(B + eps, r), -WINDOW - 2.0)
+    x_L = _dh_inverse(B - eps, r)
+    # Likewise the left piece (x < x_L) only matters when x_L > -WINDOW - 2.
+    x_L = jnp.where((x_L > -WINDOW - 2.0) & (x_L <= x_R), x_L, -jnp.inf)
+    has_left = jnp.isfinite(x_L)
+    x_Lf = jnp.where(has_left, x_L, x_R)
+    g_R = g(x_R)
+    g_L = g(x_Lf)
+    H_R = A - g_R  # h(x_R) - B x_R
+    H_L = A - g_L
+
+    def u_outer(x, y):
+        return jnp.stack([jnp.ones_like(x), x, y])
+
+    # --- middle piece: x in [x_L, x_R], |b'| <= 1, integrate over x
+    lo = jnp.where(pos, x_L, x_R)
+    xm, wm = gaussian_panel_rule(lo, x_R, nodes_per_panel=n)
+    cm = g(xm) / eps_s
+    Phic = ndtr(cm)
+    phic = _phi(cm)
+    wphi = wm * _phi(xm)
+    I_mid = jnp.stack([jnp.sum(wphi * Phic), jnp.sum(wphi * xm * Phic), jnp.sum(wphi * phic)])
+    um = u_outer(xm, -cm)
+    J_mid = jnp.einsum("k,ik,jk->ij", wphi * phic / eps_s, um, um)
+    xp, wp = gaussian_panel_rule(lo - r, x_R - r, nodes_per_panel=n)
+    Phip = ndtr(g(xp + r) / eps_s)
+    wphip = wp * _phi(xp)
+    P_mid = jnp.sum(wphip * Phip)
+    Pr_mid = jnp.sum(wphip * xp * Phip)
+
+    # --- right piece: x > x_R, y > y_R = -g(x_R)/eps; x from x_R to the right root x2(y)
+    y_R = jnp.where(pos, -g_R / eps_s, jnp.where(g_R > 0, -jnp.inf, jnp.inf))
+    yr, wr = gaussian_panel_rule(y_R, jnp.inf, nodes_per_panel=n)
+    T_r = A + eps * yr
+    x2 = _right_root(T_r, B, r, eps, x_R, H_R)
+    wy = wr * _phi(yr)
+    d0 = ndtr(x2) - ndtr(x_R)
+    d1 = _phi(x_R) - _phi(x2)
+    dP = ndtr(x2 - r) - ndtr(x_R - r)
+    dPr = _phi(x_R - r) - _phi(x2 - r)
+    slope2 = jnp.maximum(_dh(x2, r) - B, eps)  # |g'(x2)| >= eps
+    slope2 = jnp.where(slope2 > 0, slope2, 1.0)
+    I_right = jnp.stack([jnp.sum(wy * d0), jnp.sum(wy * d1), jnp.sum(wy * yr * d0)])
+    ur = u_outer(x2, yr)
+    J_right = jnp.einsum("k,ik,jk->ij", wy * _phi(x2) / slope2, ur, ur)
+    P_right = jnp.sum(wy * dP)
+    Pr_right = jnp.sum(wy * dPr)
+
+    # --- left piece (only when h' - B reaches -eps): x from x1(y) to x_L
+    y_L = jnp.where(pos, -g_L / eps_s, jnp.where(g_L > 0, -jnp.inf, jnp.inf))
+    y_L = jnp.where(has_left, y_L, jnp.inf)
+    yl, wl = gaussian_panel_rule(y_L, jnp.inf, nodes_per_panel=n)
+    T_l = A + eps * yl
+    x1 = _left_root(T_l, B, r, eps, x_Lf, H_L)
+    x1 = jnp.where(jnp.isfinite(x1), x1, -2.0 * WINDOW - 1.0)
+    wyl = wl * _phi(yl)
+    e0 = ndtr(x_Lf) - ndtr(x1)
+    e1 = _phi(x1) - _phi(x_Lf)
+    eP = ndtr(x_Lf - r) - ndtr(x1 - r)
+    ePr = _phi(x1 - r) - _phi(x_Lf - r)
+    slope1 = jnp.maximum(B - _dh(x1, r), eps)
+    slope1 = jnp.where(slope1 > 0, slope1, 1.0)
+    I_left = jnp.stack([jnp.sum(wyl * e0), jnp.sum(wyl * e1), jnp.sum(wyl * yl * e0)])
+    ul = u_outer(x1, yl)
+    J_left = jnp.einsum("k,ik,jk->ij", wyl * _phi(x1) / slope1, ul, ul)
+    P_left = jnp.sum(wyl * eP)
+    Pr_left = jnp.sum(wyl * ePr)
+
+    I = I_mid + I_right + I_left
+    J = J_mid + J_right + J_left
+    P = P_mid + P_right + P_left
+    Pr = Pr_mid + Pr_right + Pr_left
+    return I, P, Pr, J
+
+
+# ---------------------------------------------------------------------------------------------
+# Newton on the optimality conditions I(theta) = (q, m1, m2)
+
+
+def _max_grad(q):
+    """M = phi(Phi^-1(q))."""
+    return _phi(ndtri(q))
+
+
+def _lams(theta, r):
+    A, B, eps = theta[0], theta[1], theta[2]
+    e = jnp.exp(-0.5 * r * r)
+    k = 0.5 * r * r * e
+    return jnp.stack([e + k * A, r * e * (1.0 + 0.5 * r * B), k * eps])
+
+
+def _b_min(r):
+    """Smallest B allowed (lam1 >= 0): -2/r."""
+    return jnp.where(r > 0, -2.0 / jnp.where(r > 0, r, 1.0), -jnp.inf)
+
+
+def _start(q, m1, m2, r):
+    """Start: the band (|X| < w, mass q) bent to the curve h, tilted and thickened to first order."""
+    w = ndtri(0.5 * (1.0 + q))
+    pw = _phi(w)
+    hp, hm = _h(w, r), _h(-w, r)
+    B = (hp - hm) / (2.0 * w)
+    A = hp - B * w
+    sp = jnp.abs(B - _dh(w, r))
+    sm = jnp.abs(B - _dh(-w, r))
+    j00 = pw * (1.0 / sp + 1.0 / sm)
+    j01 = pw * w * (1.0 / sp - 1.0 / sm)
+    j11 = pw * w * w * (1.0 / sp + 1.0 / sm)
+    det = j00 * j11 - j01 * j01
+    dA = -j01 * m1 / det
+    dB = j00 * m1 / det
+    eps = m2 / j00
+    # Tilted below lam1 = 0: start at the fallback's eps = 0 limit, the half-line X < Phi^-1(q).
+    bmin = _b_min(r)
+    clamp = B + dB <= bmin
+    x0 = ndtri(q)
+    A_fb = _h(x0, r) - jnp.where(clamp, bmin, 0.0) * x0
+    return jnp.stack([jnp.where(clamp, A_fb, A + dA), jnp.maximum(B + dB, bmin), eps])
+
+
+def _newton_state(theta, r, b, fix_eps, fallback):
+    """Moments at theta, the residual of the branch's equations and its (masked) Newton system.
+
+    fallback: B is held at -2/r (lam1 = 0) and the m1 equation is dropped (the paper's
+    two-equation system); fix_eps: eps is held at 0 and the m2 equation dropped (m2 = 0).
+    """
+    I, P, Pr, J = _moments(theta, r)
+    res = b - I
+    free = jnp.stack([True, ~fallback, ~fix_eps])
+    merit = jnp.max(jnp.abs(jnp.where(free, res, 0.0)))
+    Jf = jnp.where(free[:, None] & free[None, :], J, jnp.eye(3, dtype=J.dtype))
+    rf = jnp.where(free, res, 0.0)
+    return dict(theta=theta, res=res, merit=merit, J=Jf, rhs=rf, P=P, Pr=Pr)
+
+
+def _step(st, mu):
+    """Levenberg-Marquardt step (J + mu diag J) d = rhs, capped to a trust region of the curve."""
+    J = st["J"]
+    d = jnp.diagonal(J)
+    d = jnp.maximum(d, 1e-30 + 1e-12 * jnp.max(d))
+    step = jnp.linalg.solve(J + mu * jnp.diag(d), st["rhs"])
+    step = jnp.where(jnp.all(jnp.isfinite(step)), step, jnp.zeros_like(step))
+    theta = st["theta"]
+    size = jnp.max(jnp.abs(step) * _STEP_SCALE)
+    radius = 1.0 + 0.5 * jnp.sum(jnp.abs(theta) * _STEP_SCALE)
+    return step * jnp.minimum(1.0, radius / jnp.maximum(size, 1e-300))
+
+
+def _advance(theta, step, r, fix_eps):
+    """theta + alpha step with the largest alpha <= 1 keeping B >= -2/r (landing exactly on the
+    bound when it is hit) and eps >= eps/10 (eps stays 0 when it is fixed)."""
+    A, B, eps = theta[0], theta[1], theta[2]
+    dA, dB, de = step[0], step[1], step[2]
+    bmin = _b_min(r)
+    room = B - bmin
+    hit = (dB < 0) & (B + dB < bmin)
+    alpha_b = jnp.where(hit, room / jnp.where(hit, -dB, 1.0), 1.0)
+    shrink = (de < 0) & (eps + de < 0.1 * eps)
+    alpha_e = jnp.where(shrink, 0.9 * eps / jnp.where(shrink, -de, 1.0), 1.0)
+    alpha = jnp.clip(jnp.minimum(alpha_b, alpha_e), 0.0, 1.0)
+    B_new = jnp.where(hit & (alpha_b <= alpha_e), bmin, jnp.maximum(B + alpha * dB, bmin))
+    eps_new = jnp.where(fix_eps, 0.0, jnp.maximum(eps + alpha * de, 0.0))
+    return jnp.stack([A + alpha * dA, B_new, eps_new])
+
+
+def _project(theta, theta_old, r, fix_eps):
+    A = theta[0]
+    B = jnp.maximum(theta[1], _b_min(r))
+    eps = jnp.where(fix_eps, 0.0, jnp.maximum(theta[2], 0.1 * theta_old[2]))
+    return jnp.stack([A, B, eps])
+
+
+def _solve_branch(r, q, m1, m2, theta0, fallback, max_iter=_NEWTON_ITERS):
+    """Levenberg-Marquardt-damped Newton on one branch's equations (scalar inputs).
+
+    A trial point is accepted when it lowers the max-norm of the residual; otherwise the damping
+    mu grows. mu shrinks after every success and is dropped below 1e-10 (pure Newton, quadratic
+    convergence near the solution).
+    """
+    b = jnp.stack([q, m1, m2])
+    fix_eps = m2 <= 0
+    bmin = _b_min(r)
+    theta0 = jnp.stack(
+        [theta0[0], jnp.where(fallback, bmin, jnp.maximum(theta0[1], bmin)), jnp.where(fix_eps, 0.0, theta0[2])]
+    )
+    st0 = _newton_state(theta0, r, b, fix_eps, fallback)
+
+    def cond(c):
+        st, mu, it = c
+        return (it < max_iter) & (st["merit"] > _RES_TOL) & (mu < 1e12)
+
+    def body(c):
+        st, mu, it = c
+        trial = _advance(st["theta"], _step(st, mu), r, fix_eps)
+        new = _newton_state(trial, r, b, fix_eps, fallback)
+        accept = (new["merit"] < st["merit"]) & jnp.isfinite(new["merit"])
+        st = jax.tree_util.tree_map(lambda a, o: jnp.where(accept, a, o), new, st)
+        mu_up = jnp.maximum(8.0 * mu, 1e-3)
+        mu_down = jnp.where(mu < 1e-10, 0.0, mu / 8.0)
+        return st, jnp.where(accept, mu_down, mu_up), it + 1
+
+    st, mu, it = lax.while_loop(cond, body, (st0, jnp.asarray(0.0, theta0.dtype), 0))
+    return st, it
+
+
+def _solve_theta(r, q, m1, m2, theta0_fb, theta0_3):
+    """Both branches; the fallback when its m1 constraint is slack (E[X F] >= m1), else the
+    three-equation solution. Returns (state, use_fallback, iterations)."""
+    st_fb, it_fb = _solve_branch(r, q, m1, m2, theta0_fb, jnp.asarray(True))
+    st_3, it_3 = _solve_branch(r, q, m1, m2, theta0_3, jnp.asarray(False))
+    use_fb = st_fb["res"][1] <= 0.0
+    st = jax.tree_util.tree_map(lambda a, o: jnp.where(use_fb, a, o), st_fb, st_3)
+    return st, st_fb, st_3, use_fb, it_fb + it_3
+
+
+# ---------------------------------------------------------------------------------------------
+# scalar cores: p_lower at one r, and the directional radius
+
+_BRANCH_THREE = 0
+_BRANCH_FALLBACK = 1
+_BRANCH_CLOSED_FORM = 2
+_FEAS_RTOL = 1e-12
+
+
+def _classify(q, m1, m2):
+    """(m2 clipped at 0, M, feasible, boundary, arc) for scalar inputs.
+
+    boundary: m2 == M (p stays q); arc: m1 > 0 on the arc max(m1,0)^2 + m2^2 = M^2 (half-space).
+    """
+    m2 = jnp.maximum(m2, 0.0)
+    M = _max_grad(jnp.clip(q, 1e-300, 1.0 - 1e-16))
+    finite = jnp.isfinite(q) & jnp.isfinite(m1) & jnp.isfinite(m2)
+    norm2 = jnp.maximum(m1, 0.0) ** 2 + m2 * m2
+    feasible = finite & (q > 0) & (q < 1) & (m2 <= M * (1 + _FEAS_RTOL)) & (norm2 <= M * M * (1 + 2 * _FEAS_RTOL))
+    boundary = feasible & (m2 >= M * (1 - 1e-14))
+    arc = feasible & ~boundary & (m1 > 0) & (norm2 >= M * M * (1 - 2e-14))
+    return m2, M, feasible, boundary, arc
+
+
+def _solve_at(r, q, m1, m2, theta_fb, theta_3):
+    """Solve at one r (scalar); returns a dict with the certified p, lam, Pr and diagnostics."""
+    st, st_fb, st_3, use_fb, it = _solve_theta(r, q, m1, m2, theta_fb, theta_3)
+    lam = _lams(st["theta"], r)
+    lam = lam.at[1].set(jnp.where(use_fb, 0.0, lam[1]))
+    res = jnp.where(use_fb, st["res"].at[1].set(0.0), st["res"])
+    p = st["P"] + jnp.dot(lam, res)  # the dual value: a lower bound for any lam >= 0
+    ok = jnp.all(lam >= 0) & jnp.isfinite(p)
+    return dict(
+        p=jnp.where(ok, p, jnp.nan), lam=lam, Pr=st["Pr"], theta=st["theta"], use_fb=use_fb,
+        merit=st["merit"], num_steps=it, theta_fb=st_fb["theta"], theta_3=st_3["theta"],
+    )
+
+
+def _p_lower_core(r, q, m1, m2):
+    """Scalar Theorem 3 solve with the closed-form cases; returns a dict of results."""
+    dtype = float_dtype()
+    m2c, M, feasible, boundary, arc = _classify(q, m1, m2)
+    r_pos = r > 0
+    special = ~feasible | boundary | arc | ~r_pos
+    # Solve at a harmless point where the closed form applies (keeps the iteration finite).
+    qs = jnp.where(special, 0.9, q)
+    Ms = _max_grad(qs)
+    m1s = jnp.where(special, -0.5 * Ms, m1)
+    m2s = jnp.where(special, 0.5 * Ms, m2c)
+    rs = jnp.where(special, 1.0, r)
+    th0 = _start(qs, m1s, m2s, rs)
+    sol = _solve_at(rs, qs, m1s, m2s, th0, th0)
+
+    z = ndtri(q)
+    slope0 = jnp.maximum(m1, -jnp.sqrt(jnp.maximum(M * M - m2c * m2c, 0.0)))  # dp/dr at r = 0+
+    p_arc = ndtr(z + r * m1 / M)
+    p_special = jnp.where(arc, p_arc, q)
+    p = jnp.where(special, p_special, sol["p"])
+    p = jnp.where(feasible & (r >= 0) & jnp.isfinite(r), p, jnp.nan)
+
+    lam_arc = jnp.stack([_phi(z + r * m1 / M) / M, jnp.zeros((), dtype), jnp.zeros((), dtype)])  # placeholder
+    lam_special = jnp.where(arc, lam_arc, jnp.array([1.0, 0.0, 0.0], dtype))
+    lam = jnp.where(special, lam_special, sol["lam"])
+    Pr_special = jnp.where(arc, _phi(z + r * m1 / M) * m1 / M, jnp.where(boundary, 0.0, slope0))
+    Pr = jnp.where(special, Pr_special, sol["Pr"])
+    branch = jnp.where(special, _BRANCH_CLOSED_FORM, jnp.where(sol["use_fb"], _BRANCH_FALLBACK, _BRANCH_THREE))
+    converged = jnp.where(special, feasible, (sol["merit"] <= _CONVERGED_TOL) & jnp.isfinite(sol["p"]))
+    return dict(
+        p=p, lam=lam, Pr=Pr, theta=sol["theta"], branch=branch, converged=converged,
+        num_steps=jnp.where(special, 0, sol["num_steps"]), residual=jnp.where(special, 0.0, sol["merit"]),
+    )
+
+
+def _radius_core(q, m1, m2):
+    """Scalar directional radius: safeguarded Newton on p_lower(r) = 1/2, warm-started solves."""
+    dtype = float_dtype()
+    m2c, M, feasible, boundary, arc = _classify(q, m1, m2)
+    zero = feasible & (q <= 0.5)
+    infinite = feasible & ~zero & (boundary | arc)
+    special = ~feasible | zero | infinite
+    qs = jnp.where(special, 0.9, q)
+    Ms = _max_grad(qs)
+    m1s = jnp.where(special, -0.5 * Ms, m1)
+    m2s = jnp.where(special, 0.5 * Ms, m2c)
+
+    r0 = jnp.maximum(ndtri(qs), 1e-6)  # Cohen's radius: p_lower(r0) >= 1/2
+    th0 = _start(qs, m1s, m2s, r0)
+    sol0 = _solve_at(r0, qs, m1s, m2s, th0, th0)
+    inf = jnp.asarray(jnp.inf, dtype)
+
+    def update(r, sol, lo, hi):
+        p, Pr = sol["p"], sol["Pr"]
+        above = p >= 0.5
+        lo = jnp.where(above, r, lo)
+        hi = jnp.where(above, hi, r)
+        newton = r - (p - 0.5) / jnp.where(Pr < 0, Pr, -1.0)
+        ok = (Pr < 0) & (newton > lo) & (newton < hi) & jnp.isfinite(newton)
+        fallback_r = jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi), 2.0 * r)
+        r_new = jnp.where(ok, newton, fallback_r)
+        done = (jnp.abs(r_new - r) <= 1e-14 * r) | (jnp.isfinite(hi) & (hi - lo <= 4e-16 * hi)) | ~jnp.isfinite(p)
+        return r_new, lo, hi, done
+
+    r1, lo, hi, done = update(r0, sol0, jnp.zeros((), dtype), inf)
+
+    def cond(c):
+        return (c["it"] < _RADIUS_ITERS) & ~c["done"]
+
+    def body(c):
+        r = c["r_next"]
+        sol = _solve_at(r, qs, m1s, m2s, c["sol"]["theta_fb"], c["sol"]["theta_3"])
+        r_next, lo, hi, done = update(r, sol, c["lo"], c["hi"])
+        return dict(r=r, r_next=r_next, sol=sol, lo=lo, hi=hi, done=done, it=c["it"] + 1)
+
+    c = lax.while_loop(cond, body, dict(r=r0, r_next=r1, sol=sol0, lo=lo, hi=hi, done=done, it=0))
+    sol, r = c["sol"], c["r"]
+    p, Pr = sol["p"], sol["Pr"]
+    # The certified value at r is p; when it fell (by rounding) below 1/2, step back to first order.
+    short = jnp.where(p >= 0.5, 0.0, (0.5 - p) / jnp.maximum(-Pr, 1e-300) * 1.001)
+    R = r - short
+    R = jnp.where(special, jnp.where(zero, 0.0, inf), R)
+    R = jnp.where(feasible, R, jnp.nan)
+    converged = special | ((sol["merit"] <= _CONVERGED_TOL) & c["done"])
+    R = jnp.where(converged | special, R, jnp.where(jnp.isfinite(R), R, jnp.nan))
+    return dict(R=R, lam=sol["lam"], Pr=Pr, special=special, converged=converged, num_steps=c["it"])
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+#: Absolute allowance subtracted from every solved p_lower for the quadrature error (measured
+#: worst case 3e-12 against an independent adaptive-quadrature reference), and the matching
+#: relative allowance taken off every solved radius.
+P_MARGIN = 1e-11
+R_MARGIN = 1e-10
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Theorem3Solution:
+    """Solution of the Theorem 3 system at (r, q, m1, m2); every field has the broadcast shape.
+
+    Fields:
+      c0, c1, c2: the paper's coefficients of c(x) = c0 + c1 x + c2 e^{r x} (c1 = 0 on the fallback
+        branch; +-inf when lam2 = 0, i.e. m2 = 0, where Phi(c) is the indicator of c(x)'s sign
+        pattern: the band / half-line of Corollary 3.1).
+      lam: Lagrange multipliers [..., 3] = (dp/dq, dp/dm1, dp/dm2).
+      theta: the solver's well-conditioned unknowns [..., 3] = (A, B, eps), see the module docstring.
+      p_lower: the certified lower bound of g(x + sigma r v) (a dual value, minus P_MARGIN).
+      dp_dr: d p_lower / d r.
+      branch: 0 three-equation system, 1 two-equation fallback (c1 = 0), 2 closed form
+        (r = 0, m2 = M, the arc, or infeasible input).
+      converged: residual <= 1e-11 (always True for closed forms on feasible input).
+      num_steps: Newton iterations (both branches together).
+      residual: max |residual| of the branch's equations.
+    """
+
+    c0: jax.Array
+    c1: jax.Array
+    c2: jax.Array
+    lam: jax.Array
+    theta: jax.Array
+    p_lower: jax.Array
+    dp_dr: jax.Array
+    branch: jax.Array
+    converged: jax.Array
+    num_steps: jax.Array
+    residual: jax.Array
+
+
+def _check_inputs(q, m1, m2, r=None):
+    """Host-side checks (skipped for tracers): finite, q in (0, 1), r >= 0, (m1, m2) feasible."""
+    _validation.check_finite("q", q)
+    _validation.check_finite("m1", m1)
+    _validation.check_finite("m2", m2)
+    if r is not None:
+        _validation.check_finite("r", r)
+        _validation.check_nonnegative("r", r)
+    if not _validation.is_concrete((q, m1, m2)):
+        return
+    qa = np.asarray(q, dtype=np.float64)
+    if np.any((qa <= 0) | (qa >= 1)):
+        raise ValueError(f"q must lie strictly between 0 and 1 (a lower bound of g(x)), got {qa!r}.")
+    qa, m1a, m2a = np.broadcast_arrays(qa, np.asarray(m1, np.float64), np.asarray(m2, np.float64))
+    M = np.exp(-0.5 * np.asarray(ndtri(qa)) ** 2) / math.sqrt(2 * math.pi)
+    m2c = np.maximum(m2a, 0.0)
+    bad_m2 = m2c > M * (1 + _FEAS_RTOL)
+    bad_disk = np.maximum(m1a, 0.0) ** 2 + m2c**2 > M * M * (1 + 2 * _FEAS_RTOL)
+    if np.any(bad_m2 | bad_disk):
+        i = np.flatnonzero((bad_m2 | bad_disk).ravel())[0]
+        raise ValueError(
+            "(m1, m2) is infeasible for q: need m2 <= M and max(m1, 0)^2 + m2^2 <= M^2 with "
+            f"M = phi(Phi^-1(q)) (the largest sigma*||grad g|| at g = q); got q={qa.ravel()[i]!r}, "
+            f"m1={m1a.ravel()[i]!r}, m2={m2a.ravel()[i]!r}, M={M.ravel()[i]!r}. For confidence bounds "
+            "this means the bounds contradict each other."
+        )
+
+
+def _broadcast_map(fn, *args):
+    """Apply a scalar core over the broadcast of args (vmapped over the flattened batch)."""
+    args = [as_float(a) for a in args]
+    shape = jnp.broadcast_shapes(*[a.shape for a in args])
+    flat = [jnp.broadcast_to(a, shape).reshape(-1) for a in args]
+    out = jax.vmap(fn)(*flat)
+    return jax.tree_util.tree_map(lambda x: x.reshape(shape + x.shape[1:]), out)
+
+
+def _coefficients(r, q, m1, m2):
+    out = _p_lower_core(r, q, m1, m2)
+    lam = out["lam"]
+    e = jnp.exp(-0.5 * r * r)
+    with_lam2 = lam[2] > 0
+    l2 = jnp.where(with_lam2, lam[2], 1.0)
+    c0 = jnp.where(with_lam2, lam[0] / l2, jnp.inf)
+    c1 = jnp.where(with_lam2, lam[1] / l2, jnp.where(lam[1] > 0, jnp.inf, 0.0))
+    c2 = jnp.where(with_lam2, -e / l2, -jnp.inf)
+    special = out["branch"] == _BRANCH_CLOSED_FORM
+    nan = jnp.asarray(jnp.nan, c0.dtype)
+    c0, c1, c2 = (jnp.where(special, nan, c) for c in (c0, c1, c2))
+    p = jnp.where(special, out["p"], out["p"] - P_MARGIN)
+    return Theorem3Solution(
+        c0=c0, c1=c1, c2=c2, lam=lam, theta=out["theta"], p_lower=p, dp_dr=out["Pr"],
+        branch=out["branch"], converged=out["converged"], num_steps=out["num_steps"],
+        residual=out["residual"],
+    )
+
+
+def theorem3_coefficients(r, q, m1, m2) -> Theorem3Solution:
+    """Solve Theorem 3 at radius r (dimensionless, >= 0) for lower bounds q, m1, m2.
+
+    Arguments broadcast against each other (any shapes); see the module docstring for the
+    convention, the feasible region and the closed-form cases. Outside jit, infeasible or
+    non-finite input raises ValueError; inside jit, p_lower is NaN and ``converged`` False.
+    Not differentiable (use :func:`theorem3_p_lower` for gradients).
+    """
+    _check_inputs(q, m1, m2, r)
+    return _broadcast_map(_coefficients, r, q, m1, m2)
+
+
+@jax.custom_jvp
+def _p_lower(r, q, m1, m2):
+    return _broadcast_map(_coefficients, r, q, m1, m2).p_lower
+
+
+@_p_lower.defjvp
+def _p_lower_jvp(primals, tangents):
+    r, q, m1, m2 = primals
+    sol = _broadcast_map(_coefficients, r, q, m1, m2)
+    dr, dq, dm1, dm2 = (jnp.zeros_like(sol.p_lower) if isinstance(t, jax.custom_derivatives.SymbolicZero) else t for t in tangents)
+    lam = sol.lam
+    # Envelope theorem: dp/dq = lam0, dp/dm1 = lam1, dp/dm2 = lam2 (m2 < 0 is clipped to 0), dp/dr = E[F w (X - r)].
+    dm2_eff = jnp.where(as_float(m2) >= 0, dm2, 0.0)
+    tangent = lam[..., 0] * dq + lam[..., 1] * dm1 + lam[..., 2] * dm2_eff + sol.dp_dr * dr
+    return sol.p_lower, tangent
+
+
+def theorem3_p_lower(r, q, m1, m2):
+    """Certified lower bound of g(x + sigma r v) from Theorem 3 (first paper), dimensionless r.
+
+    p_lower(r) = integral phi(x - r) Phi(c(x)) dx = min E[F(Z) exp(r Z1 - r^2/2)] over base
+    classifiers F with E F >= q, E[Z1 F] >= m1, E[Z2 F] >= m2 (see the module docstring for the
+    derivation). The value returned is the Lagrange dual value at the multipliers found (a valid
+    lower bound whatever Newton's accuracy) minus P_MARGIN = 1e-11 for the quadrature error.
+    Accuracy (tests/test_theorem3.py, against tests/theorem3_reference.py): within 1e-8 absolute
+    and in practice ~1e-11, never above the reference by more than 1e-12.
+
+    Differentiable in r, q, m1, m2 (first order): d/dq = lam0, d/dm1 = lam1, d/dm2 = lam2 (envelope
+    theorem), d/dr = E[F w(X) (X - r)]; no differentiation through the Newton iterations.
+    Broadcasts; outside jit infeasible input raises ValueError, inside jit it gives NaN.
+    """
+    _check_inputs(q, m1, m2, r)
+    return _p_lower(*(as_float(a) for a in (r, q, m1, m2)))
+
+
+def _radius(q, m1, m2):
+    out = _radius_core(q, m1, m2)
+    R = jnp.where(out["special"], out["R"], out["R"] * (1.0 - R_MARGIN))
+    return R, out
+
+
+@jax.custom_jvp
+def _directional_radius(q, m1, m2):
+    return _broadcast_map(_radius, q, m1, m2)[0]
+
+
+@_directional_radius.defjvp
+def _directional_radius_jvp(primals, tangents):
+    q, m1, m2 = primals
+    R, out = _broadcast_map(_radius, q, m1, m2)
+    dq, dm1, dm2 = (jnp.zeros_like(R) if isinstance(t, jax.custom_derivatives.SymbolicZero) else t for t in tangents)
+    lam, Pr = out["lam"], out["Pr"]
+    dm2_eff = jnp.where(as_float(m2) >= 0, dm2, 0.0)
+    dp = lam[..., 0] * dq + lam[..., 1] * dm1 + lam[..., 2] * dm2_eff
+    # Implicit function theorem on p_lower(R; q, m1, m2) = 1/2.
+    tangent = jnp.where(out["special"], 0.0, -dp / jnp.where(Pr < 0, Pr, -1.0))
+    return R, tangent
+
+
+def directional_radius(q, m1, m2):
+    """Dimensionless directional robustness R_v of the first paper (Theorem 3 + Proposition 1).
+
+    The r >= 0 where theorem3_p_lower(r, q, m1, m2) crosses 1/2 (multiply by sigma for input
+    units). 0 when q <= 1/2; +inf when m2 = M (p stays q) or (m1 > 0 on the arc, a half-space
+    that never drops below q). Solved by safeguarded Newton on r with a bracket, warm-started
+    inner solves, and returned on the safe side: the certified p_lower at the returned radius is
+    >= 1/2 (up to a first-order correction of a few ulps) and R_MARGIN = 1e-10 relative is taken
+    off for quadrature error. l2 case (Corollary 3.1): m1 = -sigma ||grad g||, m2 = 0 gives the
+    SoS radius / sigma; m1 = -M, m2 = 0 gives Cohen's Phi^-1(q).
+
+    Differentiable (first order) by the implicit function theorem:
+    dR/dtheta = -(dp/dtheta) / (dp/dr) with dp/d(q, m1, m2) = lam. Broadcasts; outside jit
+    infeasible input raises ValueError, inside jit it gives NaN.
+    """
+    _check_inputs(q, m1, m2)
+    return _directional_radius(*(as_float(a) for a in (q, m1, m2)))
+
+
+def max_grad_norm_dimensionless(q):
+    """M = phi(Phi^-1(q)): the largest sigma ||grad g(x)|| of any smoothed classifier with g(x) = q."""
+    return _max_grad(as_float(q))

@@ -1,0 +1,219 @@
+"""sample_statistics against closed forms on analytic classifiers; invariances, memory, bad input."""
+
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from analytic_classifiers import HalfSpace, Slab, unit_vector
+
+from smoothjax.sampling import MAX_NUM_SAMPLES, sample_statistics
+
+SIGMA = 0.5
+SHAPE = (2, 2)
+D = 4
+W = unit_vector(SHAPE, seed=3)
+Z = 5.0  # tolerance in standard deviations (fixed keys; ~1e-6 two-sided per comparison)
+
+
+def _all_stats(clf, xs, target, n, batch_size=500, key=0, **kw):
+    return sample_statistics(
+        clf.apply_fn, clf.params, xs, jax.random.key(key), sigma=SIGMA, num_samples=n, batch_size=batch_size,
+        target_class=jnp.asarray(target), dot_product=True, dipole=True, split_half=True, **kw,
+    )
+
+
+def _binomial_ok(count, trials, p):
+    std = np.sqrt(trials * p * (1 - p))
+    return abs(count - trials * p) <= Z * std + 1e-9
+
+
+def test_half_space_statistics_match_closed_forms():
+    clf = HalfSpace(W, 0.2)
+    offsets = np.array([0.0, 0.3, -0.9])  # scores b + a: 0.2, 0.5, -0.7 (top class 0 for the last)
+    x0s = [a * W for a in offsets]
+    xs = jnp.asarray(np.stack(x0s), jnp.float32)
+    target = [clf.top_class(x0) for x0 in x0s]
+    n = 200_000
+    st = _all_stats(clf, xs, target, n, batch_size=2000)
+    counts = np.asarray(st.counts)
+    assert counts.dtype == np.int64 and counts.shape == (3, 3)
+    np.testing.assert_array_equal(counts.sum(axis=1), n)
+    np.testing.assert_array_equal(counts[:, 2], 0)
+    np.testing.assert_array_equal(np.asarray(st.nonfinite), 0)
+    m = n // 2
+    for b, x0 in enumerate(x0s):
+        p = clf.p(x0, SIGMA)
+        assert _binomial_ok(counts[b, target[b]], n, p)
+        grad = clf.grad(x0, SIGMA).ravel()
+        # dot statistic: mean of m iid terms with |term| <= |u.u'| / sigma^2, E(u.u')^2 = d.
+        tol = Z * np.sqrt(D / m) / SIGMA**2
+        assert abs(float(st.dot_mean[b]) - grad @ grad) <= tol
+        # split halves: z_k = e_k (1 - 1/2), Var z_k <= sigma^2 / 4; mean estimates sigma^2 grad.
+        for mean, num in ((st.z_mean_a[b], st.num_a), (st.z_mean_b[b], st.num_b)):
+            tol_z = Z * SIGMA / (2 * np.sqrt(num))
+            np.testing.assert_array_less(np.abs(np.asarray(mean) - SIGMA**2 * grad), tol_z)
+        assert _binomial_ok(int(st.dipole_both[b]), m, clf.dipole_both(x0, SIGMA))
+        assert _binomial_ok(int(st.dipole_plus_only[b]), m, clf.dipole_plus_only(x0, SIGMA))
+
+
+def test_slab_statistics_match_closed_forms():
+    clf = Slab(W, t=0.6)
+    x0s = [np.zeros(SHAPE), 0.25 * W]
+    xs = jnp.asarray(np.stack(x0s), jnp.float32)
+    n = 100_000
+    st = _all_stats(clf, xs, [1, 1], n, batch_size=1000)
+    m = n // 2
+    for b, x0 in enumerate(x0s):
+        assert _binomial_ok(int(st.counts[b, 1]), n, clf.p(x0, SIGMA))
+        grad = clf.grad(x0, SIGMA).ravel()
+        assert abs(float(st.dot_mean[b]) - grad @ grad) <= Z * np.sqrt(D / m) / SIGMA**2
+        np.testing.assert_array_less(
+            np.abs(np.asarray(st.z_mean_a[b]) - SIGMA**2 * grad), Z * SIGMA / (2 * np.sqrt(st.num_a))
+        )
+        assert _binomial_ok(int(st.dipole_both[b]), m, clf.dipole_both(x0, SIGMA))
+    # At the centre the slab is symmetric: x+e is inside iff x-e is, so no pair is one-sided.
+    assert int(st.dipole_plus_only[0]) == 0
+    assert _binomial_ok(int(st.dipole_plus_only[1]), m, clf.dipole_plus_only(x0s[1], SIGMA))
+
+
+_X3 = np.stack([np.zeros(SHAPE), 0.2 * W, -0.3 * W])
+_T3 = [1, 1, 0]
+
+
+def test_chunk_size_invariance():
+    """Noise is drawn per sample index: counts are identical for any batch size (302: a remainder)."""
+    clf = HalfSpace(W, 0.1)
+    xs = jnp.asarray(_X3, jnp.float32)
+    a, b = (_all_stats(clf, xs, _T3, 2000, batch_size=bs) for bs in (2000, 302))
+    for field in ("counts", "nonfinite", "dipole_both", "dipole_plus_only"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)))
+    for field in ("dot_sum", "dot_sq_sum", "z_sum_a", "z_sum_b"):
+        np.testing.assert_allclose(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)), rtol=1e-5, atol=1e-5)
+
+
+def test_same_key_same_result_and_input_id_invariance():
+    clf = HalfSpace(W, 0.1)
+    xs = jnp.asarray(_X3, jnp.float32)
+    a = _all_stats(clf, xs, _T3, 2000, batch_size=302)
+    b = _all_stats(clf, xs, _T3, 2000, batch_size=302)
+    jax.tree_util.tree_map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
+    # the same inputs in another order, with their ids, give the same rows
+    perm = np.array([2, 0, 1])
+    c = _all_stats(clf, xs[perm], [_T3[i] for i in perm], 2000, batch_size=302, input_ids=perm)
+    np.testing.assert_array_equal(np.asarray(c.counts), np.asarray(a.counts)[perm])
+    np.testing.assert_array_equal(np.asarray(c.dipole_both), np.asarray(a.dipole_both)[perm])
+    np.testing.assert_allclose(np.asarray(c.z_sum_a), np.asarray(a.z_sum_a)[perm], rtol=1e-6)
+    other = _all_stats(clf, xs, _T3, 2000, batch_size=302, key=1)
+    assert not np.array_equal(np.asarray(other.counts), np.asarray(a.counts))
+
+
+def test_runs_under_outer_jit_and_noise_dtype_follows_input():
+    seen = []
+
+    def apply_fn(params, x):
+        seen.append(x.dtype)
+        return HalfSpace.apply_fn(params, x)
+
+    clf = HalfSpace(W, 0.1)
+    f = jax.jit(functools.partial(sample_statistics, apply_fn, num_samples=100, batch_size=50))
+    st = f(clf.params, jnp.zeros((2, *SHAPE), jnp.float32), jax.random.key(0), sigma=SIGMA)
+    assert int(st.counts.sum()) == 200
+    assert all(d == jnp.float32 for d in seen)
+    seen.clear()
+    sample_statistics(apply_fn, clf.params, np.zeros((1, *SHAPE), np.float64), jax.random.key(0),
+                      sigma=SIGMA, num_samples=10, batch_size=10)
+    assert seen and all(d == jnp.float64 for d in seen)
+
+
+def test_nonfinite_logits_are_counted():
+    def nan_model(params, x):
+        logits = HalfSpace.apply_fn(params, x)
+        bad = x.reshape(x.shape[0], -1)[:, 0] > 0  # about half of the noisy inputs
+        return jnp.where(bad[:, None], jnp.nan, logits)
+
+    clf = HalfSpace(W, 0.1)
+    st = sample_statistics(nan_model, clf.params, jnp.zeros((1, *SHAPE), jnp.float32), jax.random.key(0),
+                           sigma=SIGMA, num_samples=1000, batch_size=100)
+    assert 300 < int(st.nonfinite[0]) < 700
+
+
+def _memory(n):
+    from smoothjax.sampling import _sample_statistics_jit
+
+    clf = HalfSpace(unit_vector((8, 8, 1)), 0.1)
+    args = (clf.params, jnp.zeros((4, 8, 8, 1), jnp.float32), jax.random.key(0), jnp.asarray(0.25),
+            jnp.zeros(4, jnp.int32), jnp.arange(4, dtype=jnp.uint32))
+    kw = dict(num_samples=n, batch_size=1000, dot_product=True, dipole=True, split_half=True)
+    compiled = _sample_statistics_jit.lower(clf.apply_fn, *args, **kw).compile()
+    mem = compiled.memory_analysis()
+    return mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+
+
+def test_peak_memory_flat_in_num_samples():
+    small, large = _memory(10_000), _memory(1_000_000)
+    assert small > 0
+    assert abs(large - small) <= 0.1 * small, (small, large)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sigma=0.0), "sigma"),
+        (dict(sigma=float("nan")), "sigma"),
+        (dict(num_samples=101, dot_product=True), "even"),
+        (dict(batch_size=51, dipole=True), "even"),
+        (dict(num_samples=0), "at least 1"),
+        (dict(num_samples=MAX_NUM_SAMPLES + 2), "exceeds"),
+        (dict(num_samples=10.0), "integer"),
+        (dict(split_half=True), "target_class"),
+    ],
+    ids=["sigma0", "sigma-nan", "odd-n", "odd-batch", "n0", "n-overflow", "float-n", "no-target"],
+)
+def test_bad_arguments_raise(kwargs, match):
+    clf = HalfSpace(W, 0.1)
+    args = dict(sigma=SIGMA, num_samples=100, batch_size=50)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        sample_statistics(clf.apply_fn, clf.params, jnp.zeros((2, *SHAPE), jnp.float32), jax.random.key(0), **args)
+
+
+def test_bad_inputs_raise():
+    clf = HalfSpace(W, 0.1)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="finite"):
+        sample_statistics(clf.apply_fn, clf.params, jnp.full((1, *SHAPE), jnp.nan), key, sigma=SIGMA,
+                          num_samples=10, batch_size=10)
+    with pytest.raises(ValueError, match="batch axis"):
+        sample_statistics(clf.apply_fn, clf.params, jnp.zeros(4), key, sigma=SIGMA, num_samples=10, batch_size=10)
+    with pytest.raises(ValueError, match="apply_fn"):  # w has 4 entries; inputs with 9 do not fit
+        sample_statistics(clf.apply_fn, clf.params, jnp.zeros((1, 3, 3)), key, sigma=SIGMA, num_samples=10,
+                          batch_size=10)
+    with pytest.raises(ValueError, match="logits"):
+        sample_statistics(lambda p, x: jnp.zeros(x.shape[0]), None, jnp.zeros((1, *SHAPE)), key, sigma=SIGMA,
+                          num_samples=10, batch_size=10)
+    with pytest.raises(ValueError, match="input_ids"):
+        sample_statistics(clf.apply_fn, clf.params, jnp.zeros((2, *SHAPE)), key, sigma=SIGMA, num_samples=10,
+                          batch_size=10, input_ids=np.array([0, -1]))
+
+
+def test_counts_do_not_overflow_in_32_bit_mode():
+    """With x64 off, counts are int32 and n >= 2^31 is refused instead of wrapping around."""
+    code = (
+        "import jax, jax.numpy as jnp, numpy as np, smoothjax\n"
+        "from smoothjax.sampling import sample_statistics, count_dtype\n"
+        "assert not jax.config.jax_enable_x64 and count_dtype() == jnp.int32\n"
+        "f = lambda p, x: jnp.stack([x[:, 0], -x[:, 0]], -1)\n"
+        "try:\n"
+        "    sample_statistics(f, None, np.zeros((1, 2), np.float32), jax.random.key(0), sigma=1.0,\n"
+        "                      num_samples=2**31, batch_size=10)\n"
+        "except ValueError as e:\n"
+        "    assert 'exceeds' in str(e); print('ok')\n"
+    )
+    env = dict(os.environ, SMOOTHJAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
