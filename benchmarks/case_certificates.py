@@ -16,6 +16,7 @@ Theorem 3 (q, m1, m2) inside the feasible disk m1^2 + m2^2 < M^2 with m1 <= 0 an
 from __future__ import annotations
 
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -175,10 +176,17 @@ def _run_one(name, config, log) -> list[dict]:
     small = _inputs(name, max(config["baseline_items"][name], config["reference_items"][name], 1), rng)
     cols = list(small.values())
     n_ref = config["reference_items"][name]
+    probe = [jnp.asarray(c[:max(n_ref, 1)]) for c in cols]
     try:  # a library function may exist while what it calls does not yet
-        ours_small = np.asarray(ours(*[jnp.asarray(c[:max(n_ref, 1)]) for c in cols]))
+        t0 = time.perf_counter()
+        ours_small = np.asarray(ours(*probe))
+        probe_first = time.perf_counter() - t0
     except (AttributeError, ImportError, NotImplementedError) as exc:
         raise SkipCase(f"library function fails for a missing dependency: {type(exc).__name__}: {exc}") from exc
+    t0 = time.perf_counter()
+    jax.block_until_ready(ours(*probe))  # second call: no compilation; estimates the cost per input
+    per_item_estimate = (time.perf_counter() - t0) / len(probe[0])
+    log(f"  {name}: first call {probe_first:.3g} s (compiles), then ~{per_item_estimate * 1e6:.3g} us/certificate")
 
     base_fn, base_note = BASELINES[name]
     n_base = config["baseline_items"][name]
@@ -195,7 +203,16 @@ def _run_one(name, config, log) -> list[dict]:
         errors["reference"] = ref_note
 
     rows = []
+    budget = config["certificate_budget_s"]
     for size in config["sizes"]:
+        estimate = per_item_estimate * size * (config["repeats"] + 1)
+        if estimate > budget:
+            reason = (f"N={size} skipped: estimated {estimate:.0f} s at {per_item_estimate * 1e6:.3g} us/certificate "
+                      f"exceeds this mode's budget of {budget:.0f} s per size")
+            log(f"  skip certificates/{name}: {reason}")
+            rows.append({"case": "certificates", "name": name, "size": size, "skipped": reason,
+                         "estimated_us_per_certificate": per_item_estimate * 1e6})
+            continue
         inputs = [jnp.asarray(c) for c in _inputs(name, size, np.random.default_rng(size)).values()]
         timing, first = time_jax(ours, *inputs, repeats=config["repeats"])
         rate = size / timing["median_s"]
@@ -207,6 +224,7 @@ def _run_one(name, config, log) -> list[dict]:
             "unit": "certificates/s",
             **timing,
             "first_call_s": first,
+            "first_call_small_batch_s": probe_first,
             "throughput": rate,
             "baseline": {
                 "description": base_note,

@@ -19,7 +19,8 @@ Case 3 (``scaling``). The MLP with the ``all`` configuration, compiled once per 
 (``jit(...).lower(...).compile()``): wall time and memory as ``n`` grows at batch 1, and as the
 input batch grows at fixed ``n``. Memory is XLA's compiled memory analysis (temp buffers) and the
 process peak RSS around the call (Linux ``clear_refs``). ``log_log_slope`` is the least-squares
-slope of log(time) on log(n) over n >= 10^4 (1 = linear); ``ratio`` there is the temp-memory ratio
+slope of log(fastest time) on log(n) over n >= 10^4 (1 = linear; the fastest repeat is the
+least disturbed on a shared machine); ``ratio`` there is the temp-memory ratio
 largest n / smallest n (1 = flat).
 """
 
@@ -165,7 +166,7 @@ def run_scaling(config, log) -> list[dict]:
         xs = _inputs(shape, 1)
         repeats = config["repeats"] if n <= 100_000 else 1
         timing, compile_s, memory, rss = _timed_compiled(sample_statistics, apply_fn, params, xs, n, chunk, repeats)
-        points.append((n, timing["median_s"], memory["temp_size_in_bytes"] if memory else None))
+        points.append((n, timing["min_s"], memory["temp_size_in_bytes"] if memory else None))
         rows.append({
             "case": "scaling", "name": "mlp/n", "size": n, "unit": "noise samples/s", "inputs": 1,
             "num_samples": n, "batch_size": chunk, **timing, "compile_s": compile_s,

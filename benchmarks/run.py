@@ -29,6 +29,7 @@ CONFIGS = {
     "smoke": {
         "sizes": [100],
         "repeats": 2,
+        "certificate_budget_s": 20.0,
         "certificates": CERTIFICATES,
         "baseline_items": {"cohen": 5, "sos": 3, "dipole": 3, "directional": 1, "l1": 1, "linf": 1},
         "reference_items": {"cohen": 3, "sos": 2, "dipole": 2, "directional": 1, "l1": 1, "linf": 1},
@@ -39,6 +40,7 @@ CONFIGS = {
     "quick": {
         "sizes": [100, 10_000],
         "repeats": 3,
+        "certificate_budget_s": 15.0,
         "certificates": CERTIFICATES,
         "baseline_items": {"cohen": 100, "sos": 20, "dipole": 20, "directional": 1, "l1": 1, "linf": 1},
         "reference_items": {"cohen": 20, "sos": 10, "dipole": 10, "directional": 3, "l1": 2, "linf": 2},
@@ -49,6 +51,7 @@ CONFIGS = {
     "full": {
         "sizes": [100, 10_000, 1_000_000],
         "repeats": 5,
+        "certificate_budget_s": 200.0,
         "certificates": CERTIFICATES,
         "baseline_items": {"cohen": 1000, "sos": 200, "dipole": 200, "directional": 5, "l1": 3, "linf": 3},
         "reference_items": {"cohen": 200, "sos": 50, "dipole": 50, "directional": 20, "l1": 10, "linf": 10},
@@ -57,7 +60,7 @@ CONFIGS = {
             "n": [1_000, 10_000, 100_000, 1_000_000, 10_000_000],
             "batch_size": 1_000,
             "batches": [1, 4, 16, 64],
-            "batch_n": 100_000,
+            "batch_n": 20_000,
         },
         "compile": {"inputs": 8, "n0": 100, "n": 20_000, "batch_size": 1_000},
     },

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import smoothjax  # noqa: F401  (x64 for certificate math)
-from smoothjax import datasets, pipeline, training
+from smoothjax import datasets, models, pipeline, training
 
 RADII = (0.0, 0.25, 0.5, 0.75)
 METHODS = ("cohen_l2", "first_order_l1")
@@ -40,13 +40,15 @@ METHODS = ("cohen_l2", "first_order_l1")
 @dataclasses.dataclass
 class Config:
     sigma: float = 0.25
-    epochs: int = 150
+    epochs: int = 100
     batch_size: int = 64
     learning_rate: float = 1e-3
     hidden: tuple = (256, 256)
     seed: int = 0
     num_samples: int = 16  # noise copies per input per step, for every objective (same budget)
-    objectives: tuple = ("gaussian", "cohen_l2", "first_order_l1")
+    # "first_order_l1" also works (--objectives gaussian cohen_l2 first_order_l1) but each training
+    # step solves Theorem 3 for the whole batch: ~200 s per epoch on a loaded 2-core machine today
+    objectives: tuple = ("gaussian", "cohen_l2")
     # certificate-aware objective options (MACER-style; see objectives.certified_radius_loss)
     beta: float = 16.0
     gamma: float = 4.0
@@ -54,7 +56,7 @@ class Config:
     gradient: str = "autodiff"
     # certification
     n0: int = 100
-    n: int = 100_000
+    n: int = 10_000
     alpha: float = 0.001
     cert_batch_size: int = 1000
     methods: tuple = METHODS
@@ -63,7 +65,7 @@ class Config:
 
 CONFIGS = {
     "full": Config(),
-    "small": Config(epochs=40, hidden=(128, 128), n=2_000, cert_batch_size=500, num_test=120),
+    "small": Config(epochs=30, hidden=(128, 128), n=2_000, cert_batch_size=500, num_test=100),
 }
 
 
@@ -90,6 +92,8 @@ def run(cfg: Config, out: str | None = None, log=print) -> dict:
                "models": {}}
     if out:
         os.makedirs(out, exist_ok=True)
+    # one apply_fn object for every model (same architecture): certify compiles once, not per model
+    apply_fn = models.build_model(model_config).apply
     for name in cfg.objectives:
         start = time.perf_counter()
         trained = training.train(
@@ -102,7 +106,7 @@ def run(cfg: Config, out: str | None = None, log=print) -> dict:
         noisy = training.accuracy(trained.apply_fn, trained.params, test_set.x, test_set.y, sigma=cfg.sigma, seed=cfg.seed)
         start = time.perf_counter()
         cert = pipeline.certify(
-            trained.apply_fn, trained.params, xs, jax.random.key(cfg.seed + 1), sigma=cfg.sigma,
+            apply_fn, trained.params, xs, jax.random.key(cfg.seed + 1), sigma=cfg.sigma,
             n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, batch_size=cfg.cert_batch_size, methods=tuple(cfg.methods),
         )
         jax.block_until_ready(cert.radii)

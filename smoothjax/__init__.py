@@ -27,13 +27,15 @@ from smoothjax.certificates import (cohen_radius, dipole_radius, max_grad_norm, 
 # [certificates]
 from smoothjax.gradient_bounds import (SUBGAUSSIAN_CONSTANT, NormBounds, chaos_deviation, grad_dual_norm_upper, grad_l1_bounds, grad_l1_upper, grad_l2_bounds, grad_linf_bounds, grad_linf_upper)  # noqa: E501
 # [gradient_bounds]
+from smoothjax.quadrature import gauss_hermite_normal, gauss_legendre, gaussian_panel_rule
 # [quadrature]
+from smoothjax.theorem3 import (Theorem3Solution, directional_radius, max_grad_norm_dimensionless, theorem3_coefficients, theorem3_p_lower)  # noqa: E501
 # [theorem3]
 from smoothjax.first_order import (l1_radius, linf_radius, subspace_radius)
 # [first_order]
 from smoothjax.sampling import SampleStatistics, sample_statistics
 # [sampling]
-from smoothjax.pipeline import CertifyResult, certify, predict, write_tsv
+from smoothjax.pipeline import CertifyResult, certify, certify_in_batches, predict, write_tsv
 # [pipeline]
 from smoothjax.flax_adapters import linen_apply_fn, nnx_apply_fn
 # [flax_adapters]

@@ -145,6 +145,14 @@ def plot_certified_accuracy(tables: Sequence[CertificationTable], out_stem: str,
         for t, m in entries:
             label = f"{t.name}: {m}" if many_files else m
             ax.plot(grid, certified_accuracy(t, m, grid), label=label, drawstyle="steps-post")
+        if group in ("l1", "subspace l2"):
+            # baseline: an l2 ball of radius R contains the l1 ball and the subspace l2 ball of radius R,
+            # so Cohen's l2 radius certifies these threat models too (first paper, Figure 2's baseline)
+            for t in tables:
+                if "cohen_l2" in t.radii:
+                    label = f"{t.name}: cohen_l2 (baseline)" if many_files else "cohen_l2 (baseline)"
+                    ax.plot(grid, certified_accuracy(t, "cohen_l2", grid), "--", color="0.5", lw=1, label=label,
+                            drawstyle="steps-post")
         ax.set_title(f"{group} threat model")
         ax.set_xlabel(f"radius ({group} norm, input units)")
         ax.set_ylabel("certified accuracy")

@@ -23,10 +23,12 @@ multiply by the modified-Lentz continued fraction of DLMF 8.17.22 (with the symm
 relative error of a few ulps, for n up to 1e9 and beyond.
 
 Soundness: the solve keeps a bracket ``[t_lo, t_hi]`` on the root of
-``log I - (log alpha - margin)`` (margin: 1e4 * eps * (1 + |log alpha|), which absorbs the
-rounding error of evaluating ``log I``) and stops when the bracket is narrower than 64 * eps
-in t (a relative 1.4e-14 of x and of 1 - x). The lower bound returned is ``sigmoid(t_lo)``
-rounded one ulp down, the upper bound ``1 - sigmoid(t_lo')`` rounded one ulp up: the bounds err
+``log I - (log alpha - margin)`` (margin: 1e4 * eps * (1 + |log alpha|) in float64, which absorbs
+the rounding error of evaluating ``log I``) and stops when the bracket is narrower than 64 * eps
+in t (a relative 1.4e-14 of x and of 1 - x) or when ``log I(t_lo)`` is within the margin of its
+target; ``t_lo`` is then lowered by 16 eps (1 + |t_lo|) to cover the conditioning of ``I_x`` in
+x (a 1-ulp change of x moves ``log I`` by up to ~2e-11 at n = 1e9). The lower bound returned is ``sigmoid(t_lo)``
+rounded one ulp down, the upper bound ``sigmoid(-t_lo') = 1 - lower(n - k)`` rounded one ulp up: the bounds err
 on the safe side, by at most ~1e-13 relative (tested against scipy ``beta.ppf`` to 1e-10
 absolute for n up to 1e9 and k from 0 to n).
 
@@ -38,9 +40,9 @@ Invalid inputs: concrete ones raise ``ValueError`` (negative counts, k > n, n < 
 counts, alpha outside (0, 1), NaN); under ``jit`` the functions return NaN for them instead.
 
 float32 (``SMOOTHJAX_ENABLE_X64=0``): the same algorithm runs in float32 (margin and bracket
-tolerances scale with float32 eps); bounds are then accurate to about 1e-5 relative for
-n <= 1e7 and the returned bound is still the safe end of its bracket, but counts above 2^24 are
-not exact in float32, so prefer x64 for large n.
+tolerances scale with float32 eps); bounds are then accurate to about 2e-4 relative for
+n <= 1e7 (tested) and err on the safe side (the float32 margin is what costs the 2e-4), but
+counts above 2^24 are not exact in float32, so prefer x64 for large n.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from smoothjax._config import as_float, float_dtype
+from smoothjax._config import as_float
 from smoothjax._validation import check_alpha, check_counts
 
 __all__ = ["clopper_pearson_lower", "clopper_pearson_upper", "binomial_two_sided_pvalue"]
@@ -205,7 +207,7 @@ def _lower_logit(k, n, log_alpha):
     tol = 64.0 * eps
     a = jnp.maximum(k, 1.0)
     b = n - a + 1.0
-    margin = 1e4 * eps * (1.0 + jnp.abs(log_alpha))
+    margin = (1e4 if dtype == jnp.float64 else 1e2) * eps * (1.0 + jnp.abs(log_alpha))
     target = log_alpha - margin
 
     def g(t):
@@ -309,28 +311,38 @@ def _inputs(successes, trials, alpha):
     return k, n, alpha, invalid
 
 
-def _lower(k, n, alpha):
-    log_alpha = jnp.log(alpha)
-    t = _lower_logit(k, n, log_alpha)
-    x = jnp.nextafter(jax.nn.sigmoid(t), jnp.zeros_like(t))
-    # k = n: I_x(n, 1) = x^n, so the bound is alpha^(1/n) (rounded down).
-    x_all = jnp.nextafter(jnp.exp(log_alpha / n), jnp.zeros_like(t))
-    x = jnp.where(k == n, x_all, x)
-    return jnp.where(k == 0, 0.0, x)
+def _lower_bound_logit(k, n, alpha):
+    """Safe logit of the lower bound for 1 <= k < n (other lanes: placeholder values)."""
+    t = _lower_logit(k, n, jnp.log(alpha))
+    # Widen by 16 ulps of (1 + |t|): covers the conditioning of I_x in its argument (a 1-ulp
+    # change of x moves log I by up to ~2e-11 at n = 1e9), which the log I margin does not.
+    return t - 16.0 * jnp.finfo(t.dtype).eps * (1.0 + jnp.abs(t))
 
 
 @jax.jit
 def _lower_jit(successes, trials, alpha):
     k, n, alpha, invalid = _inputs(successes, trials, alpha)
-    return jnp.where(invalid, jnp.nan, _lower(k, n, alpha))
+    t = _lower_bound_logit(k, n, alpha)
+    zero = jnp.zeros_like(t)
+    x = jnp.nextafter(jax.nn.sigmoid(t), zero)  # one more ulp toward the safe side
+    # k = n: I_x(n, 1) = x^n, so the bound is alpha^(1/n); k = 0: 0.
+    x = jnp.where(k == n, jnp.nextafter(jnp.exp(jnp.log(alpha) / n), zero), x)
+    x = jnp.where(k == 0, 0.0, x)
+    return jnp.where(invalid, jnp.nan, x)
 
 
-def _upper(successes, trials, alpha):
-    # upper(k, n) = 1 - lower(n - k, n), rounded up (shares the compiled lower solve).
-    failures = as_float(trials) - as_float(successes)
-    lower_of_failures = _lower_jit(failures, trials, alpha)
-    x = jnp.nextafter(1.0 - lower_of_failures, jnp.full_like(lower_of_failures, 2.0))
-    return jnp.minimum(x, 1.0)
+@jax.jit
+def _upper_jit(successes, trials, alpha):
+    # upper(k, n) = 1 - lower(n - k, n) = sigmoid(-logit(lower(n - k, n))), which keeps relative
+    # accuracy for upper bounds near 0; rounded one ulp up.
+    k, n, alpha, invalid = _inputs(successes, trials, alpha)
+    t = _lower_bound_logit(n - k, n, alpha)
+    one = jnp.ones_like(t)
+    x = jnp.nextafter(jax.nn.sigmoid(-t), one)
+    # k = 0: 1 - alpha^(1/n) = -expm1(log(alpha) / n); k = n: 1.
+    x = jnp.where(k == 0, jnp.nextafter(-jnp.expm1(jnp.log(alpha) / n), one), x)
+    x = jnp.where(k == n, 1.0, jnp.minimum(x, 1.0))
+    return jnp.where(invalid, jnp.nan, x)
 
 
 def clopper_pearson_lower(successes, trials, alpha):
@@ -352,19 +364,20 @@ def clopper_pearson_lower(successes, trials, alpha):
     """
     check_counts(successes, trials)
     check_alpha(alpha)
-    return _lower_jit(successes, trials, alpha)
+    return _lower_jit(as_float(successes), as_float(trials), as_float(alpha))
 
 
 def clopper_pearson_upper(successes, trials, alpha):
     """One-sided (1 - alpha) Clopper-Pearson upper confidence bound on a binomial proportion.
 
     Returns the x solving ``P[Bin(n, x) <= k] = alpha``, i.e. ``beta.isf(alpha, k + 1, n - k)``
-    (1 for k = n), computed as ``1 - clopper_pearson_lower(n - k, n, alpha)`` and rounded up:
-    it errs high. Shapes, dtypes and invalid-input behaviour as :func:`clopper_pearson_lower`.
+    (1 for k = n), computed as ``1 - clopper_pearson_lower(n - k, n, alpha)`` (through the logit,
+    so bounds near 0 keep their relative accuracy) and rounded up: it errs high. Shapes, dtypes
+    and invalid-input behaviour as :func:`clopper_pearson_lower`.
     """
     check_counts(successes, trials)
     check_alpha(alpha)
-    return _upper(successes, trials, alpha)
+    return _upper_jit(as_float(successes), as_float(trials), as_float(alpha))
 
 
 @jax.jit
@@ -396,4 +409,4 @@ def binomial_two_sided_pvalue(successes, trials):
       at 20,000 terms, enough near the centre for n up to ~1e8).
     """
     check_counts(successes, trials)
-    return _pvalue_jit(successes, trials)
+    return _pvalue_jit(as_float(successes), as_float(trials))

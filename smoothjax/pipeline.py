@@ -52,6 +52,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -425,29 +426,76 @@ def _first_order_radii(stats, p_lower, sigma, alpha_each, mask, subspace_dim, me
     :mod:`smoothjax.gradient_bounds`), so with ``p_lower`` at alpha/2 every radius spends alpha.
     The subspace bound uses the means with the coordinates outside the mask set to 0 (the same
     dot products and norms as the projected coordinates) and ``subspace_dim = mask.sum()``.
+
+    All radii come from ONE call of the Theorem 3 solver (compiling it dominates the program's
+    compile time): by :func:`smoothjax.first_order.subspace_radius`'s formula with ``p = inf``,
+    ``R = sigma R_v(q, -sigma b / n, sigma sqrt(l^2 - (b/n)^2)) / n`` with ``n = sqrt(d_S)``, which is
+    Corollary 3.2 (l1) for ``b = ||grad||_inf`` upper, ``d_S = 1``; Corollary 3.3 (linf) for
+    ``b = ||grad||_1`` upper, ``d_S = d`` (plus :func:`~smoothjax.first_order.linf_radius`'s check
+    ``||grad||_1 upper >= ||grad||_2 lower``, NaN otherwise); Corollary 3.4 with p = 2 for
+    ``b = ||P_S grad||_2`` upper, ``d_S = 1``.
     """
-    from smoothjax.first_order import l1_radius, linf_radius, subspace_radius
+    from smoothjax.first_order import subspace_radius
     from smoothjax.gradient_bounds import grad_dual_norm_upper, grad_l1_upper, grad_l2_bounds, grad_linf_upper
 
     mean_a, mean_b, num_a, num_b = stats.z_mean_a, stats.z_mean_b, stats.num_a, stats.num_b
     dim = mean_a.shape[-1]
     l2_lower = grad_l2_bounds(mean_a, mean_b, num_a, num_b, sigma, alpha_each).lower
-    radii, bounds = {}, {"grad_l2_lower": l2_lower}
+    bounds, rows = {"grad_l2_lower": l2_lower}, []
     if "first_order_l1" in methods:
-        up = grad_linf_upper(mean_a, mean_b, num_a, num_b, sigma, alpha_each)
-        radii["first_order_l1"] = l1_radius(p_lower, l2_lower, up, sigma)
-        bounds["grad_linf_upper"] = up
+        bounds["grad_linf_upper"] = grad_linf_upper(mean_a, mean_b, num_a, num_b, sigma, alpha_each)
+        rows.append(("first_order_l1", bounds["grad_linf_upper"], 1))
     if "first_order_linf" in methods:
-        up = grad_l1_upper(mean_a, mean_b, num_a, num_b, sigma, alpha_each)
-        radii["first_order_linf"] = linf_radius(p_lower, l2_lower, up, dim, sigma)
-        bounds["grad_l1_upper"] = up
+        bounds["grad_l1_upper"] = grad_l1_upper(mean_a, mean_b, num_a, num_b, sigma, alpha_each)
+        rows.append(("first_order_linf", bounds["grad_l1_upper"], dim))
     if "subspace_l2" in methods:
         keep = mask.reshape(-1).astype(mean_a.dtype)
-        up = grad_dual_norm_upper(mean_a * keep, mean_b * keep, num_a, num_b, sigma, alpha_each, 2,
-                                  subspace_dim=subspace_dim)
-        radii["subspace_l2"] = subspace_radius(p_lower, l2_lower, up, sigma, p=2)
-        bounds["subspace_grad_l2_upper"] = up
+        bounds["subspace_grad_l2_upper"] = grad_dual_norm_upper(
+            mean_a * keep, mean_b * keep, num_a, num_b, sigma, alpha_each, 2, subspace_dim=subspace_dim
+        )
+        rows.append(("subspace_l2", bounds["subspace_grad_l2_upper"], 1))
+    dual = jnp.stack([r[1] for r in rows])  # [k, batch]
+    lengths_sq = jnp.asarray([r[2] for r in rows], dual.dtype)[:, None]
+    radius = subspace_radius(p_lower[None], l2_lower[None], dual, sigma, p=math.inf, subspace_dim=lengths_sq)
+    radii = {name: radius[i] for i, (name, _, _) in enumerate(rows)}
+    if "first_order_linf" in radii:
+        inconsistent = (p_lower > 0.5) & (bounds["grad_l1_upper"] < l2_lower * (1 - 1e-9))
+        radii["first_order_linf"] = jnp.where(inconsistent, jnp.nan, radii["first_order_linf"])
     return radii, bounds
+
+
+def certify_in_batches(apply_fn, params, xs, key, *, inputs_per_call: int, input_ids=None, callback=None, **kwargs):
+    """:func:`certify` over a large dataset, ``inputs_per_call`` inputs at a time, one compiled program.
+
+    Input ``i`` uses the id ``input_ids[i]`` (default ``i``), so the result equals one big
+    :func:`certify` call and does not depend on ``inputs_per_call``. The last, partial group is
+    padded to ``inputs_per_call`` (repeating its last input) so that every call has the same shape
+    and nothing recompiles; the padding is dropped. ``callback(done, total)`` is called after each
+    group (e.g. to update a progress bar; progress display is the caller's job).
+
+    Args:
+      xs: ``[num_inputs, *input_shape]`` (a NumPy array is fine; groups are moved to the device
+        one at a time). Other arguments as :func:`certify` (``kwargs``: sigma, n0, n, alpha,
+        batch_size, methods, subspace).
+
+    Returns:
+      one :class:`CertifyResult` for all inputs (NumPy arrays).
+    """
+    V.check_static_int("inputs_per_call", inputs_per_call, 1)
+    total = np.shape(xs)[0]
+    ids = np.arange(total) if input_ids is None else np.asarray(input_ids)
+    if ids.shape != (total,):
+        raise ValueError(f"input_ids must have one entry per input ({total}), got shape {ids.shape}.")
+    xs = np.asarray(xs)
+    parts = []
+    for lo in range(0, total, inputs_per_call):
+        hi = min(lo + inputs_per_call, total)
+        take = np.concatenate([np.arange(lo, hi), np.full(inputs_per_call - (hi - lo), hi - 1)])
+        res = certify(apply_fn, params, xs[take], key, input_ids=ids[take], **kwargs)
+        parts.append(jax.tree_util.tree_map(lambda a, k=hi - lo: np.asarray(a)[:k], res))
+        if callback is not None:
+            callback(hi, total)
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
 
 
 # ----------------------------------------------------------------------------- TSV output

@@ -108,11 +108,11 @@ __all__ = [
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _MAX_EXP = 700.0
-_NEWTON_ITERS = 60
+_NEWTON_ITERS = 40
 _ROOT_ITERS = 8
 _RES_TOL = 1e-13  # max |residual| at which Newton stops
 _CONVERGED_TOL = 1e-11  # max |residual| reported as converged
-_RADIUS_ITERS = 40
+_RADIUS_ITERS = 30
 _STEP_SCALE = jnp.array([1.0, 3.0, 3.0])  # |dA|, 3|dB|, 3|d eps|: shifts of the curve over |x| <= 3
 _FAR = 40.0  # |x| beyond which Phi(x) is exactly 0 or 1 in float64
 
@@ -443,47 +443,61 @@ def _project(theta, theta_old, r, fix_eps):
     return jnp.stack([A, B, eps])
 
 
-def _solve_branch(r, q, m1, m2, theta0, fallback, max_iter=_NEWTON_ITERS):
-    """Levenberg-Marquardt-damped Newton on one branch's equations (scalar inputs).
+def _solve_theta(r, q, m1, m2, theta0, fallback0, max_iter=_NEWTON_ITERS):
+    """Levenberg-Marquardt-damped Newton on one branch's equations, switching branch once.
 
-    A trial point is accepted when it lowers the max-norm of the residual; otherwise the damping
-    mu grows. mu shrinks after every success and is dropped below 1e-10 (pure Newton, quadratic
-    convergence near the solution).
+    Starts on the branch ``fallback0`` (True: the two-equation fallback, B held at -2/r). A trial
+    point is accepted when it lowers the max-norm of the branch's residual; otherwise the damping
+    mu grows (mu shrinks after each success and is dropped below 1e-10: pure Newton, quadratic
+    convergence). When the branch has converged (or stalled), its KKT conditions are checked: the
+    fallback needs E[X F] >= m1 (res1 <= 0), the three-equation solution B > -2/r; if they fail the
+    other branch is solved from the current point (once). One moments evaluation per iteration and
+    a single call site keep the compiled program small. Returns (state, fallback, iterations).
     """
     b = jnp.stack([q, m1, m2])
     fix_eps = m2 <= 0
     bmin = _b_min(r)
-    theta0 = jnp.stack(
-        [theta0[0], jnp.where(fallback, bmin, jnp.maximum(theta0[1], bmin)), jnp.where(fix_eps, 0.0, theta0[2])]
+    dtype = theta0.dtype
+
+    def clean(theta, fallback):
+        return jnp.stack(
+            [theta[0], jnp.where(fallback, bmin, jnp.maximum(theta[1], bmin)), jnp.where(fix_eps, 0.0, theta[2])]
+        )
+
+    st0 = dict(
+        theta=clean(theta0, fallback0), res=jnp.zeros(3, dtype), merit=jnp.asarray(jnp.inf, dtype),
+        J=jnp.eye(3, dtype=dtype), rhs=jnp.zeros(3, dtype), P=jnp.zeros((), dtype), Pr=jnp.zeros((), dtype),
     )
-    st0 = _newton_state(theta0, r, b, fix_eps, fallback)
+    c0 = dict(st=st0, mu=jnp.zeros((), dtype), it=0, phase_it=0, fallback=fallback0, switched=False,
+              fresh=True, done=False)
 
     def cond(c):
-        st, mu, it = c
-        return (it < max_iter) & (st["merit"] > _RES_TOL) & (mu < 1e12)
+        return (c["it"] < 2 * max_iter) & ~c["done"]
 
     def body(c):
-        st, mu, it = c
-        trial = _advance(st["theta"], _step(st, mu), r, fix_eps)
-        new = _newton_state(trial, r, b, fix_eps, fallback)
-        accept = (new["merit"] < st["merit"]) & jnp.isfinite(new["merit"])
+        st, mu = c["st"], c["mu"]
+        step = jnp.where(c["fresh"], 0.0, 1.0) * _step(st, mu)
+        trial = clean(_advance(st["theta"], step, r, fix_eps), c["fallback"])
+        new = _newton_state(trial, r, b, fix_eps, c["fallback"])
+        accept = c["fresh"] | ((new["merit"] < st["merit"]) & jnp.isfinite(new["merit"]))
         st = jax.tree_util.tree_map(lambda a, o: jnp.where(accept, a, o), new, st)
-        mu_up = jnp.maximum(8.0 * mu, 1e-3)
-        mu_down = jnp.where(mu < 1e-10, 0.0, mu / 8.0)
-        return st, jnp.where(accept, mu_down, mu_up), it + 1
+        mu = jnp.where(accept, jnp.where(mu < 1e-10, 0.0, mu / 8.0), jnp.maximum(8.0 * mu, 1e-3))
+        phase_it = c["phase_it"] + 1
+        # stop at the target, at the round-off floor (a rejected step below the converged
+        # tolerance), when damping no longer helps, or after max_iter steps on this branch
+        floor = ~accept & (st["merit"] <= _CONVERGED_TOL)
+        finished = (st["merit"] <= _RES_TOL) | floor | (mu >= 1e12) | (phase_it >= max_iter)
+        at_bound = st["theta"][1] <= bmin * (1.0 - 1e-12)
+        kkt_fails = jnp.where(c["fallback"], st["res"][1] > 0.0, at_bound | (st["merit"] > _CONVERGED_TOL))
+        switch = finished & kkt_fails & ~c["switched"]
+        return dict(
+            st=st, mu=jnp.where(switch, 0.0, mu), it=c["it"] + 1, phase_it=jnp.where(switch, 0, phase_it),
+            fallback=c["fallback"] ^ switch, switched=c["switched"] | switch, fresh=switch,
+            done=finished & ~switch,
+        )
 
-    st, mu, it = lax.while_loop(cond, body, (st0, jnp.asarray(0.0, theta0.dtype), 0))
-    return st, it
-
-
-def _solve_theta(r, q, m1, m2, theta0_fb, theta0_3):
-    """Both branches; the fallback when its m1 constraint is slack (E[X F] >= m1), else the
-    three-equation solution. Returns (state, use_fallback, iterations)."""
-    st_fb, it_fb = _solve_branch(r, q, m1, m2, theta0_fb, jnp.asarray(True))
-    st_3, it_3 = _solve_branch(r, q, m1, m2, theta0_3, jnp.asarray(False))
-    use_fb = st_fb["res"][1] <= 0.0
-    st = jax.tree_util.tree_map(lambda a, o: jnp.where(use_fb, a, o), st_fb, st_3)
-    return st, st_fb, st_3, use_fb, it_fb + it_3
+    c = lax.while_loop(cond, body, c0)
+    return c["st"], c["fallback"], c["it"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,9 +524,9 @@ def _classify(q, m1, m2):
     return m2, M, feasible, boundary, arc
 
 
-def _solve_at(r, q, m1, m2, theta_fb, theta_3):
+def _solve_at(r, q, m1, m2, theta0, fallback0):
     """Solve at one r (scalar); returns a dict with the certified p, lam, Pr and diagnostics."""
-    st, st_fb, st_3, use_fb, it = _solve_theta(r, q, m1, m2, theta_fb, theta_3)
+    st, use_fb, it = _solve_theta(r, q, m1, m2, theta0, fallback0)
     lam = _lams(st["theta"], r)
     lam = lam.at[1].set(jnp.where(use_fb, 0.0, lam[1]))
     res = jnp.where(use_fb, st["res"].at[1].set(0.0), st["res"])
@@ -520,7 +534,7 @@ def _solve_at(r, q, m1, m2, theta_fb, theta_3):
     ok = jnp.all(lam >= 0) & jnp.isfinite(p)
     return dict(
         p=jnp.where(ok, p, jnp.nan), lam=lam, Pr=st["Pr"], theta=st["theta"], use_fb=use_fb,
-        merit=st["merit"], num_steps=it, theta_fb=st_fb["theta"], theta_3=st_3["theta"],
+        merit=st["merit"], num_steps=it,
     )
 
 
@@ -537,7 +551,7 @@ def _p_lower_core(r, q, m1, m2):
     m2s = jnp.where(special, 0.5 * Ms, m2c)
     rs = jnp.where(special, 1.0, r)
     th0 = _start(qs, m1s, m2s, rs)
-    sol = _solve_at(rs, qs, m1s, m2s, th0, th0)
+    sol = _solve_at(rs, qs, m1s, m2s, th0, th0[1] <= _b_min(rs))
 
     z = ndtri(q)
     slope0 = jnp.maximum(m1, -jnp.sqrt(jnp.maximum(M * M - m2c * m2c, 0.0)))  # dp/dr at r = 0+
@@ -573,8 +587,10 @@ def _radius_core(q, m1, m2):
 
     r0 = jnp.maximum(ndtri(qs), 1e-6)  # Cohen's radius: p_lower(r0) >= 1/2
     th0 = _start(qs, m1s, m2s, r0)
-    sol0 = _solve_at(r0, qs, m1s, m2s, th0, th0)
     inf = jnp.asarray(jnp.inf, dtype)
+    zero_ = jnp.zeros((), dtype)
+    sol0 = dict(p=zero_, lam=jnp.zeros(3, dtype), Pr=zero_, theta=th0, use_fb=th0[1] <= _b_min(r0),
+                merit=jnp.asarray(jnp.inf, dtype), num_steps=0)
 
     def update(r, sol, lo, hi):
         p, Pr = sol["p"], sol["Pr"]
@@ -585,21 +601,19 @@ def _radius_core(q, m1, m2):
         ok = (Pr < 0) & (newton > lo) & (newton < hi) & jnp.isfinite(newton)
         fallback_r = jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi), 2.0 * r)
         r_new = jnp.where(ok, newton, fallback_r)
-        done = (jnp.abs(r_new - r) <= 1e-14 * r) | (jnp.isfinite(hi) & (hi - lo <= 4e-16 * hi)) | ~jnp.isfinite(p)
+        done = (jnp.abs(r_new - r) <= 1e-13 * r) | (jnp.isfinite(hi) & (hi - lo <= 4e-16 * hi)) | ~jnp.isfinite(p)
         return r_new, lo, hi, done
-
-    r1, lo, hi, done = update(r0, sol0, jnp.zeros((), dtype), inf)
 
     def cond(c):
         return (c["it"] < _RADIUS_ITERS) & ~c["done"]
 
     def body(c):
         r = c["r_next"]
-        sol = _solve_at(r, qs, m1s, m2s, c["sol"]["theta_fb"], c["sol"]["theta_3"])
+        sol = _solve_at(r, qs, m1s, m2s, c["sol"]["theta"], c["sol"]["use_fb"])
         r_next, lo, hi, done = update(r, sol, c["lo"], c["hi"])
         return dict(r=r, r_next=r_next, sol=sol, lo=lo, hi=hi, done=done, it=c["it"] + 1)
 
-    c = lax.while_loop(cond, body, dict(r=r0, r_next=r1, sol=sol0, lo=lo, hi=hi, done=done, it=0))
+    c = lax.while_loop(cond, body, dict(r=r0, r_next=r0, sol=sol0, lo=zero_, hi=inf, done=False, it=0))
     sol, r = c["sol"], c["r"]
     p, Pr = sol["p"], sol["Pr"]
     # The certified value at r is p; when it fell (by rounding) below 1/2, step back to first order.

@@ -1,7 +1,8 @@
 """Analytic classifiers whose smoothed probability and gradient are known in closed form.
 
 Each classifier is a pure ``apply_fn(params, x_batch) -> logits [batch, 3]`` (three classes, the
-third never wins) together with closed forms, computed with NumPy/SciPy only (independent of
+third never wins; both classes share the module-level :func:`apply_fn`, the classifier being a
+parameter) together with closed forms, computed with NumPy/SciPy only (independent of
 smoothjax), of everything the sampler estimates at an input ``x0`` for Gaussian noise
 ``x0 + sigma * N(0, I)``:
 
@@ -53,6 +54,25 @@ def _logits_from_score(score):
     return jnp.stack([-score, score, -jnp.abs(score) - 1.0], axis=-1)
 
 
+def apply_fn(params, x):
+    """The one ``apply_fn`` of both classifiers (which one is a parameter, ``params["slab"]``).
+
+    Sharing one function object means that jitted programs (e.g. ``smoothjax.certify``, whose
+    ``apply_fn`` is static) compile once for both classifiers: tests stay fast.
+    """
+    x = jnp.asarray(x)
+    w = params["w"].astype(x.dtype)
+    s = jnp.sum(x.reshape(x.shape[0], -1) * w.reshape(-1), axis=-1)
+    half_space = s + params["b"].astype(x.dtype)
+    slab = params["t"].astype(x.dtype) - jnp.abs(s - params["c"].astype(x.dtype))
+    return _logits_from_score(jnp.where(params["slab"], slab, half_space))
+
+
+def _params(w, b=0.0, t=0.0, c=0.0, slab=False):
+    f = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    return {"w": f(w), "b": f(b), "t": f(t), "c": f(c), "slab": jnp.asarray(slab)}
+
+
 @dataclasses.dataclass(frozen=True)
 class HalfSpace:
     """Class 1 where ``w . x + b > 0``; ``w`` has unit l2 norm and the input shape."""
@@ -60,16 +80,11 @@ class HalfSpace:
     w: np.ndarray
     b: float
 
+    apply_fn = staticmethod(apply_fn)
+
     @property
     def params(self):
-        return {"w": jnp.asarray(self.w, jnp.float32), "b": jnp.asarray(self.b, jnp.float32)}
-
-    @staticmethod
-    def apply_fn(params, x):
-        x = jnp.asarray(x)
-        w = params["w"].astype(x.dtype)
-        score = jnp.sum(x.reshape(x.shape[0], -1) * w.reshape(-1), axis=-1) + params["b"].astype(x.dtype)
-        return _logits_from_score(score)
+        return _params(self.w, b=self.b)
 
     def score(self, x0):
         return float(np.sum(np.ravel(self.w) * np.ravel(x0)) + self.b)
@@ -106,20 +121,11 @@ class Slab:
     t: float
     c: float = 0.0
 
+    apply_fn = staticmethod(apply_fn)
+
     @property
     def params(self):
-        return {
-            "w": jnp.asarray(self.w, jnp.float32),
-            "t": jnp.asarray(self.t, jnp.float32),
-            "c": jnp.asarray(self.c, jnp.float32),
-        }
-
-    @staticmethod
-    def apply_fn(params, x):
-        x = jnp.asarray(x)
-        w = params["w"].astype(x.dtype)
-        s = jnp.sum(x.reshape(x.shape[0], -1) * w.reshape(-1), axis=-1) - params["c"].astype(x.dtype)
-        return _logits_from_score(params["t"].astype(x.dtype) - jnp.abs(s))
+        return _params(self.w, t=self.t, c=self.c, slab=True)
 
     def offset(self, x0):
         return float(np.sum(np.ravel(self.w) * np.ravel(x0)) - self.c)

@@ -386,3 +386,50 @@ def test_bad_input_raises_outside_jit_and_is_nan_inside(fn, args):
 def test_exported_from_package():
     for name in ["cohen_radius", "sos_radius", "sos_grad_norm_upper", "dipole_radius", "max_grad_norm"]:
         assert hasattr(smoothjax, name)
+
+
+@pytest.mark.slow
+def test_float32_mode_is_conservative():
+    """With SMOOTHJAX_ENABLE_X64=0 the radii are float32 and stay below the exact (float64) values."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, smoothjax as sj;"
+        "p=np.array([0.6,0.9,0.99,0.9999,0.75],np.float32); g=np.array([0.1,0.5,0.0,0.001,1.27],np.float32);"
+        "h=np.float32(0.5); f=np.float32(0.4);"
+        "r=[sj.cohen_radius(p,0.25), sj.sos_radius(p,g,0.25), sj.dipole_radius(p*h,p*f,0.25)];"
+        "print(r[0].dtype, *np.concatenate([np.asarray(x,float) for x in r]).tolist())"
+    )
+    env = dict(os.environ, SMOOTHJAX_ENABLE_X64="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    fields = out.stdout.split()
+    assert fields[0] == "float32"
+    values = np.array(fields[1:], dtype=float).reshape(3, 5)
+    p = np.array([0.6, 0.9, 0.99, 0.9999, 0.75], np.float32)
+    g = np.array([0.1, 0.5, 0.0, 0.001, 1.27], np.float32)
+    cs, cn = p * np.float32(0.5), p * np.float32(0.4)
+    exact = np.array([
+        [ref_cohen(float(x), SIGMA) for x in p],
+        [ref_sos(float(x), float(y), SIGMA) for x, y in zip(p, g)],
+        [ref_dipole(float(a), float(b), SIGMA) for a, b in zip(cs, cn)],
+    ])
+    assert np.all(values <= exact)
+    np.testing.assert_allclose(values, exact, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_hundred_thousand_radii_in_one_jitted_call():
+    import time
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.3, 1.0, 100_000)
+    g = rng.uniform(0.0, 1.0, 100_000) * np.asarray(max_grad_norm(p, SIGMA))
+    fn = jax.jit(sos_radius)
+    fn(p, g, SIGMA).block_until_ready()  # compile
+    start = time.perf_counter()
+    r = np.asarray(fn(p, g, SIGMA).block_until_ready())
+    print(f"1e5 SoS radii: {time.perf_counter() - start:.2f} s")
+    assert np.all(np.isfinite(r))
+    assert np.all(r >= np.asarray(cohen_radius(p, SIGMA)) * (1 - 4 * np.finfo(float).eps))

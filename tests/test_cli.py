@@ -18,6 +18,12 @@ MISSING = [m for m in REQUIRED_MODULES if importlib.util.find_spec(f"smoothjax.{
 needs_pipeline = pytest.mark.skipif(bool(MISSING), reason=f"certify needs smoothjax.{', smoothjax.'.join(MISSING)} (not built yet)")
 
 
+@pytest.fixture(autouse=True)
+def _no_persistent_cache_in_process(monkeypatch):
+    # cli.main turns on JAX's persistent compilation cache (process-wide); keep pytest's process clean
+    monkeypatch.setenv("SMOOTHJAX_CACHE_DIR", "")
+
+
 def _run_main(argv, capsys):
     code = cli.main(argv)
     out, err = capsys.readouterr()
@@ -225,7 +231,9 @@ def test_demo_in_a_fresh_directory(tmp_path):
     exe = shutil.which("smoothjax")
     cmd = [exe, "demo", "--out", "demo-out"] if exe else [sys.executable, "-m", "smoothjax.cli", "demo", "--out", "demo-out"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ)
+    env.pop("SMOOTHJAX_CACHE_DIR", None)  # as a user runs it (the default compilation cache)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     wall = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     out_dir = tmp_path / "demo-out"

@@ -16,6 +16,7 @@ from smoothjax.pipeline import (
     REASON_NONFINITE_INPUT,
     REASON_NONFINITE_LOGITS,
     certify,
+    certify_in_batches,
     predict,
     write_tsv,
 )
@@ -91,74 +92,82 @@ def test_predict_abstains_on_nan_logits():
 # --------------------------------------------------------------------------- certify: soundness
 
 
+MASK = np.array([True, False])  # subspace_l2: perturb only the first coordinate
+_NORM = {"first_order_l1": "l1", "first_order_linf": "linf", "subspace_l2": "subspace"}
+
+
+def _truth(clf, x0, norm):
+    args = (x0,) if isinstance(clf, HalfSpace) else (x0, SIGMA)
+    if norm == "subspace":
+        return clf.flip_distance(*args, "l2", MASK)
+    return clf.flip_distance(*args, norm)
+
+
+def _every_method(clf, x0s):
+    """All methods available (+ subspace_l2 when first-order works): one compiled program for all."""
+    subspace = MASK if _usable("subspace_l2") else None
+    return _certify(clf, x0s, methods=_available_methods(), subspace=subspace)
+
+
+def _check_sound(clf, x0s, res):
+    assert set(res.radii) >= set(ZERO_ORDER)
+    for name, r in res.radii.items():
+        bound = np.array([_truth(clf, x0, _NORM.get(name, "l2")) for x0 in x0s])
+        r = np.asarray(r)
+        assert np.all(r > 0) and np.all(r <= bound), (name, r, bound)
+
+
+def _cohen_slack(clf, x0s):
+    """Estimation error of Cohen's radius: p_lower within 5 binomial std of p."""
+    p = np.array([clf.p(x0, SIGMA) for x0 in x0s])
+    return SIGMA * (stats.norm.ppf(p) - stats.norm.ppf(p - 5 * np.sqrt(p * (1 - p) / N)))
+
+
 @needs_certificates
 def test_half_space_radii_sound_and_sos_equals_cohen():
     """Half-space: Cohen's radius is exact in the limit; SoS equals it (gradient at its maximum)."""
-    b = 0.5
-    clf = HalfSpace(W, b)
+    clf = HalfSpace(W, 0.5)
     x0s = [0.0 * W, 0.3 * W, -0.2 * W]
-    res = _certify(clf, x0s)
-    truth = np.array([clf.flip_distance(x0) for x0 in x0s])
+    res = _every_method(clf, x0s)
     np.testing.assert_array_equal(np.asarray(res.prediction), [clf.top_class(x0) for x0 in x0s])
-    assert not np.any(np.asarray(res.abstain_reason))
-    for name, r in res.radii.items():
-        r = np.asarray(r)
-        norm = {"first_order_l1": "l1", "first_order_linf": "linf"}.get(name, "l2")
-        bound = np.array([clf.flip_distance(x0, norm) for x0 in x0s])
-        assert np.all(r <= bound), (name, r, bound)
-        assert np.all(r > 0), name
-    cohen = np.asarray(res.radii["cohen_l2"])
-    # Estimation error of Cohen's radius: p_lower is within ~5 binomial std of p.
-    p = np.array([clf.p(x0, SIGMA) for x0 in x0s])
-    slack = SIGMA * (stats.norm.ppf(p) - stats.norm.ppf(p - 5 * np.sqrt(p * (1 - p) / N)))
+    np.testing.assert_array_equal(np.asarray(res.abstain_reason), 0)
+    _check_sound(clf, x0s, res)
+    slack = _cohen_slack(clf, x0s)
+    truth = np.array([clf.flip_distance(x0) for x0 in x0s])
+    cohen, sos = np.asarray(res.radii["cohen_l2"]), np.asarray(res.radii["sos_l2"])
     assert np.all(cohen >= truth - slack)
-    sos = np.asarray(res.radii["sos_l2"])
-    # SoS spends alpha/2 on p: within the same slack of Cohen's, never above the truth.
-    np.testing.assert_array_less(np.abs(sos - cohen), slack)
+    np.testing.assert_array_less(np.abs(sos - cohen), slack)  # SoS spends alpha/2 on p: same slack
 
 
 @needs_certificates
 def test_slab_sos_beats_cohen_and_all_radii_sound():
-    """Slab at its centre: gradient 0, SoS is tight and larger than Cohen's radius."""
+    """Slab at and near its centre: gradient ~0, SoS is larger than Cohen's radius; all sound."""
     clf = Slab(W, t=0.6)  # t / sigma = 1.2: p = 0.77
     x0s = [0.0 * W, 0.05 * W, -0.1 * W]
-    res = _certify(clf, x0s)
+    res = _every_method(clf, x0s)
     np.testing.assert_array_equal(np.asarray(res.prediction), 1)
-    for name, r in res.radii.items():
-        norm = {"first_order_l1": "l1", "first_order_linf": "linf"}.get(name, "l2")
-        bound = np.array([clf.flip_distance(x0, SIGMA, norm) for x0 in x0s])
-        assert np.all(np.asarray(r) <= bound), (name, np.asarray(r), bound)
+    np.testing.assert_array_equal(np.asarray(res.abstain_reason), 0)
+    _check_sound(clf, x0s, res)
     sos, cohen = np.asarray(res.radii["sos_l2"]), np.asarray(res.radii["cohen_l2"])
-    # Beats Cohen by more than Cohen's own estimation error (p within 5 binomial std).
-    p = np.array([clf.p(x0, SIGMA) for x0 in x0s])
-    slack = SIGMA * (stats.norm.ppf(p) - stats.norm.ppf(p - 5 * np.sqrt(p * (1 - p) / N)))
-    assert np.all(sos > cohen + slack), (sos, cohen, slack)
+    assert np.all(sos > cohen + _cohen_slack(clf, x0s)), (sos, cohen)
     # The dipole certificate also uses the symmetry (no one-sided pairs at the centre).
     assert int(res.statistics.dipole_plus_only[0]) == 0
     assert float(res.radii["dipole_l2"][0]) > float(cohen[0])
 
 
 @needs_first_order
-@pytest.mark.parametrize("kind", ["half-space", "slab"])
-def test_first_order_and_subspace_radii_sound(kind):
-    """l1, linf and subspace-l2 radii never exceed the true flip distance in their norm."""
-    mask = np.array([True, False])
-    if kind == "half-space":
-        clf, x0s = HalfSpace(W, 0.5), [0.0 * W, 0.3 * W]
-        truth = {norm: [clf.flip_distance(x0, norm) for x0 in x0s] for norm in ("l1", "linf")}
-        truth["subspace"] = [clf.flip_distance(x0, "l2", mask) for x0 in x0s]
-    else:
-        clf, x0s = Slab(W, t=0.6), [0.0 * W, 0.05 * W]
-        truth = {norm: [clf.flip_distance(x0, SIGMA, norm) for x0 in x0s] for norm in ("l1", "linf")}
-        truth["subspace"] = [clf.flip_distance(x0, SIGMA, "l2", mask) for x0 in x0s]
-    res = _certify(clf, x0s, methods=("first_order_l1", "first_order_linf"), subspace=mask)
-    assert set(res.radii) == {"first_order_l1", "first_order_linf", "subspace_l2"}
-    assert not np.any(np.asarray(res.abstain_reason))
-    for name, norm in (("first_order_l1", "l1"), ("first_order_linf", "linf"), ("subspace_l2", "subspace")):
-        r = np.asarray(res.radii[name])
-        assert np.all(r > 0) and np.all(r <= np.array(truth[norm])), (name, r, truth[norm])
-    # Bounds used are reported (1/input units) and consistent: ||g||_2 lower <= ||g||_1 upper.
-    assert np.all(np.asarray(res.bounds["grad_l2_lower"]) <= np.asarray(res.bounds["grad_l1_upper"]))
+def test_first_order_bounds_reported_and_consistent():
+    clf = Slab(W, t=0.6)
+    x0s = [0.0 * W, 0.05 * W, -0.1 * W]
+    res = _every_method(clf, x0s)  # the same program and key as above: cached
+    assert {"first_order_l1", "first_order_linf", "subspace_l2"} <= set(res.radii)
+    b = {k: np.asarray(v) for k, v in res.bounds.items()}
+    # ||g||_2 lower <= ||g||_1 upper; ||g||_inf upper >= 0; subspace bound <= max possible gradient
+    assert np.all(b["grad_l2_lower"] <= b["grad_l1_upper"]) and np.all(b["grad_linf_upper"] >= 0)
+    p = np.array([clf.p(x0, SIGMA) for x0 in x0s])
+    assert np.all(b["grad_l2_lower"] <= stats.norm.pdf(stats.norm.ppf(p)) / SIGMA)
+    # first-order radii use p_lower at alpha/2, like SoS
+    np.testing.assert_array_equal(np.asarray(res.p_lower["first_order_l1"]), np.asarray(res.p_lower["sos_l2"]))
 
 
 @needs_certificates
@@ -203,14 +212,21 @@ def small_runs():
     size = pipeline._certify_jit._cache_size()
     # new sigma, alpha, ids and inputs: the same compiled program
     _certify(clf, _SMALL_X[1:3], batch_size=500, input_ids=np.arange(5, 7), sigma=0.4, alpha=0.01, **_SMALL)
+    # a dataset of 3 in groups of 2: the last group is padded to 2, so still the same program
+    grouped = certify_in_batches(clf.apply_fn, clf.params, np.stack(_SMALL_X[:3]).astype(np.float32),
+                                 jax.random.key(0), inputs_per_call=2, sigma=SIGMA, n0=N0, alpha=ALPHA,
+                                 batch_size=500, **_SMALL)
     recompiled = recompiled or pipeline._certify_jit._cache_size() != size
-    return clf, full, again, halves, recompiled
+    return clf, full, again, halves, recompiled, grouped
 
 
 @needs_certificates
 def test_batching_invariance_same_key_and_no_recompile(small_runs):
-    clf, full, again, halves, recompiled = small_runs
+    clf, full, again, halves, recompiled, grouped = small_runs
     assert not recompiled
+    assert np.asarray(grouped.prediction).shape == (3,)
+    for name in ZERO_ORDER:
+        np.testing.assert_array_equal(np.asarray(grouped.radii[name]), np.asarray(full.radii[name])[:3])
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), full, again)
     for name in ZERO_ORDER:
         joined = np.concatenate([np.asarray(h.radii[name]) for h in halves])

@@ -360,14 +360,19 @@ def _check_first_order(n, kind):
     return tuple(_assert_grads(grads[i], ref[i], f"d {kind}_radius / d {names[i]}") for i in range(3))
 
 
+# The Theorem 3 based checks compile jit(vmap(grad)) through the solver (minutes on a loaded CPU)
+# and call the slow scipy reference: all of them are marked slow.
+@pytest.mark.slow
 def test_directional_radius_gradient_quick():
     _check_directional(8)
 
 
+@pytest.mark.slow
 def test_l1_radius_gradient_quick():
     _check_first_order(8, "l1")
 
 
+@pytest.mark.slow
 def test_linf_radius_gradient_quick():
     _check_first_order(8, "linf")
 
@@ -429,6 +434,7 @@ def test_dipole_edges_finite():
     _assert_finite(_jit_vmap_grad(f, 3, (0, 1, 2))(jnp.asarray(cs), jnp.asarray(cn), s), "grad dipole_radius")
 
 
+@pytest.mark.slow
 def test_directional_edges_finite():
     f = _need("theorem3", "directional_radius")
     q = np.repeat([0.5 + 1e-9, 0.8, 1 - 1e-9], 4)
@@ -439,6 +445,7 @@ def test_directional_edges_finite():
     _assert_finite(_jit_vmap_grad(f, 3, (0, 1, 2))(*(jnp.asarray(v) for v in (q, m1, m2))), "grad directional_radius")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["l1", "linf"])
 def test_first_order_edges_finite(kind):
     fn = _need("first_order", "l1_radius" if kind == "l1" else "linf_radius")
@@ -463,7 +470,8 @@ def test_first_order_edges_finite(kind):
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("radius", ["cohen_l2", "sos_l2", "first_order_l1", "first_order_linf"])
+@pytest.mark.parametrize("radius", ["cohen_l2", "sos_l2", pytest.param("first_order_l1", marks=pytest.mark.slow),
+                                    pytest.param("first_order_linf", marks=pytest.mark.slow)])
 def test_gradient_through_radius_to_params(radius):
     """d/dparams of soft_radius(soft p, soft grad norms) for a linear model: finite, and equal to a
     central finite difference of the same (deterministic given the key) function along a random

@@ -217,3 +217,63 @@ def test_counts_do_not_overflow_in_32_bit_mode():
     env = dict(os.environ, SMOOTHJAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def _throughput(repeats=15, inputs=8, batch_size=256, chunks=10):
+    """Seconds (min over interleaved repeats) of the bare jitted forward pass and of sample_statistics.
+
+    Model: smoothjax.models.SmallCNN (conv 16, conv 32 stride 2, dense 64, 10 classes) on 8x8x1
+    inputs. The bare pass evaluates the model on the same number of rows inside one jitted
+    ``fori_loop`` (the input changes every step, so XLA cannot hoist the call out of the loop).
+    """
+    import time
+
+    from smoothjax.models import SmallCNN
+    from smoothjax.sampling import _sample_statistics_jit
+
+    model = SmallCNN(features=(16, 32), hidden=64, num_classes=10)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1), jnp.float32))
+    xs = jax.random.normal(jax.random.key(1), (inputs, 8, 8, 1), jnp.float32)
+    rows = jax.random.normal(jax.random.key(2), (inputs * batch_size, 8, 8, 1), jnp.float32)
+
+    @jax.jit
+    def bare(params, rows):
+        def body(i, acc):
+            return acc + jnp.sum(jnp.argmax(model.apply(params, rows + i.astype(jnp.float32)), -1))
+
+        return jax.lax.fori_loop(0, chunks, body, 0)
+
+    def stats(**flags):
+        return _sample_statistics_jit(
+            model.apply, params, xs, jax.random.key(3), jnp.asarray(0.25), jnp.zeros(inputs, jnp.int32),
+            jnp.arange(inputs, dtype=jnp.uint32), num_samples=batch_size * chunks, batch_size=batch_size, **flags,
+        )
+
+    cases = {
+        "bare forward": lambda: bare(params, rows),
+        "counts": lambda: stats(),
+        "counts+dot+split_half": lambda: stats(dot_product=True, split_half=True),
+        "all (+dipole, 1.5x rows)": lambda: stats(dot_product=True, split_half=True, dipole=True),
+    }
+    for f in cases.values():
+        jax.block_until_ready(f())
+    best = {k: np.inf for k in cases}
+    for _ in range(repeats):
+        for name, f in cases.items():
+            t = time.perf_counter()
+            jax.block_until_ready(f())
+            best[name] = min(best[name], time.perf_counter() - t)
+    samples = inputs * batch_size * chunks
+    return best, samples
+
+
+@pytest.mark.slow
+def test_statistics_cost_at_most_ten_percent_over_bare_forward_pass():
+    best, samples = _throughput()
+    base = best["bare forward"]
+    for name, t in best.items():
+        rows = samples * (1.5 if "dipole" in name else 1)
+        print(f"{name:26s} {samples / t:>10,.0f} samples/s  {rows / t:>10,.0f} model rows/s  "
+              f"time per row vs bare: {t / rows / (base / samples):.3f}")
+    assert best["counts+dot+split_half"] <= 1.10 * base
+    assert best["all (+dipole, 1.5x rows)"] <= 1.10 * 1.5 * base

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,8 +33,8 @@ SCRIPT = textwrap.dedent(
         out["stats_" + f] = np.asarray(getattr(st, f))
     out["predict"] = np.asarray(predict(clf.apply_fn, clf.params, xs, key, sigma=0.5, n=1000, alpha=0.01,
                                         batch_size=250))
-    from smoothjax.pipeline import DEFAULT_METHODS, missing_requirements
-    methods = tuple(m for m in DEFAULT_METHODS if not missing_requirements(m))
+    from smoothjax.pipeline import missing_requirements
+    methods = tuple(m for m in {methods!r} if not missing_requirements(m))
     if methods:
         res = certify(clf.apply_fn, clf.params, xs, key, sigma=0.5, n0=50, n=1000, alpha=0.01, batch_size=250,
                       methods=methods)
@@ -45,17 +46,26 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(path, devices):
+def _run(path, devices, methods):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    code = SCRIPT.format(tests=str(ROOT / "tests"), path=str(path))
+    code = SCRIPT.format(tests=str(ROOT / "tests"), path=str(path), methods=tuple(methods))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return dict(np.load(path))
 
 
-def test_four_devices_match_one_device(tmp_path):
-    one = _run(tmp_path / "one.npz", 1)
-    four = _run(tmp_path / "four.npz", 4)
+ZERO_ORDER = ("cohen_l2", "sos_l2", "dipole_l2")
+ALL = ZERO_ORDER + ("first_order_l1", "first_order_linf")
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [ZERO_ORDER, pytest.param(ALL, marks=pytest.mark.slow)],  # the Theorem 3 solver compiles slowly
+    ids=["zero-order", "all-methods"],
+)
+def test_four_devices_match_one_device(tmp_path, methods):
+    one = _run(tmp_path / "one.npz", 1, methods)
+    four = _run(tmp_path / "four.npz", 4, methods)
     assert int(one["devices"]) == 1 and int(four["devices"]) == 4
     assert set(one) == set(four)
     for name in one:

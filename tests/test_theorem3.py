@@ -1,0 +1,271 @@
+"""Theorem 3 solver (smoothjax.theorem3) against the independent scipy reference
+(tests/theorem3_reference.py, written by another engineer from the paper), closed forms
+(Cohen, SoS, half-space) and scipy.integrate.quad of the theorem's own equations.
+
+Default run: a small grid (~40 s). The dense acceptance grid and the throughput measurement are
+marked slow.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate
+from scipy.stats import norm
+
+import smoothjax
+from smoothjax import directional_radius, theorem3_coefficients, theorem3_p_lower
+from smoothjax.certificates import sos_radius
+
+theorem3_reference = pytest.importorskip("theorem3_reference")
+
+P_ABS_TOL = 1e-8  # issue 3 acceptance
+R_REL_TOL = 1e-7
+OVER_TOL = 1e-12  # allowed non-conservative error
+
+
+def _M(q):
+    return float(norm.pdf(norm.ppf(q)))
+
+
+def _point(q, m1f, m2f):
+    """(q, m1, m2) with m1, m2 given as fractions of M (m2 capped to the feasible disk)."""
+    M = _M(q)
+    return q, m1f * M, m2f * M
+
+
+# (r, q, m1/M, m2/M): both signs of m1, m2 from 0 and 1e-8 to near M, q from 0.5001 to 0.99999
+P_GRID = [
+    (1.0, 0.9, -1.0, 0.0),
+    (1.0, 0.9, -0.5, 1e-8),
+    (0.05, 0.9, 0.0, 0.3),
+    (3.0, 0.9, 0.5, 0.8),
+    (1.0, 0.6, -0.5, 0.8),
+    (2.0, 0.5001, 0.3, 0.5),
+    (0.3, 0.999, -1.0, 0.8),
+    (3.0, 0.999, 0.0, 1e-8),
+    (1.0, 0.99999, -0.5, 0.3),
+    (3.0, 0.99999, 0.5, 0.0),
+    (1.0, 0.9, -0.2, 0.999),
+    (5.0, 0.99, -0.9, 0.2),
+]
+
+
+@pytest.mark.parametrize("r,q,m1f,m2f", P_GRID, ids=[f"r{r}-q{q}-m1{a}-m2{b}" for r, q, a, b in P_GRID])
+def test_p_lower_matches_reference(r, q, m1f, m2f):
+    q, m1, m2 = _point(q, m1f, m2f)
+    ours = float(theorem3_p_lower(r, q, m1, m2))
+    ref = theorem3_reference.reference_p_lower(r, q, m1, m2)
+    assert abs(ours - ref) <= P_ABS_TOL
+    assert ours - ref <= OVER_TOL  # a lower bound: never above the exact value
+
+
+R_GRID = [(0.6, -0.5, 0.3), (0.6, 0.0, 0.0), (0.9, -0.5, 0.3), (0.9, 0.5, 1e-8), (0.9, -1.0, 0.8), (0.6, -1.0, 1e-8)]
+
+
+@pytest.mark.parametrize("q,m1f,m2f", R_GRID, ids=[f"q{q}-m1{a}-m2{b}" for q, a, b in R_GRID])
+def test_directional_radius_matches_reference(q, m1f, m2f):
+    q, m1, m2 = _point(q, m1f, m2f)
+    ours = float(directional_radius(q, m1, m2))
+    ref = theorem3_reference.reference_directional_radius(q, m1, m2)
+    assert abs(ours - ref) <= R_REL_TOL * ref
+    assert ours - ref <= OVER_TOL * max(ref, 1.0)
+
+
+def test_solution_satisfies_the_theorem_equations():
+    """Independent of the solver's quadrature: integrate eqs. (4), (5a), (5b) and p_lower with
+    scipy.integrate.quad using the returned coefficients c(x) = c0 + c1 x + c2 e^{r x}."""
+    for r, q, m1f, m2f in [(1.0, 0.9, -0.5, 0.3), (2.0, 0.99, 0.2, 0.6), (0.5, 0.7, -0.9, 0.2)]:
+        q, m1, m2 = _point(q, m1f, m2f)
+        sol = theorem3_coefficients(r, q, m1, m2)
+        c0, c1, c2 = (float(v) for v in (sol.c0, sol.c1, sol.c2))
+        assert bool(sol.converged) and int(sol.branch) in (0, 1)
+
+        def c(x):
+            return c0 + c1 * x + c2 * math.exp(min(r * x, 700.0))
+
+        def quad(f):
+            return integrate.quad(f, -14, 14 + r, epsabs=1e-14, epsrel=1e-13, limit=400)[0]
+
+        assert abs(quad(lambda x: norm.pdf(x) * norm.cdf(c(x))) - q) < 1e-10
+        assert abs(quad(lambda x: norm.pdf(x) * norm.pdf(c(x))) - m2) < 1e-10
+        e1 = quad(lambda x: x * norm.pdf(x) * norm.cdf(c(x)))
+        if int(sol.branch) == 0:
+            assert abs(e1 - m1) < 1e-10
+        else:  # fallback: c1 = 0 and the m1 constraint is slack
+            assert c1 == 0.0 and e1 >= m1 - 1e-12
+        p = quad(lambda x: norm.pdf(x - r) * norm.cdf(c(x)))
+        assert abs(float(sol.p_lower) - p) < 1e-9 and float(sol.p_lower) <= p + 1e-12
+
+
+@pytest.mark.parametrize("q", [0.55, 0.9, 0.999, 0.99999])
+def test_l2_cases_equal_cohen_and_sos(q):
+    """m2 = 0, m1 = -sigma ||grad g||: Corollary 3.1 = SoS radius; at the largest gradient, Cohen's."""
+    sigma = 0.5
+    M = _M(q)
+    cohen = norm.ppf(q)
+    R = float(directional_radius(q, -M, 0.0))
+    assert cohen * (1 - 1e-9) <= R <= cohen * (1 + 1e-12)
+    for frac in (0.2, 0.7):
+        G = frac * M / sigma  # ||grad g|| in 1/input units
+        ours = sigma * float(directional_radius(q, -sigma * G, 0.0))
+        sos = float(sos_radius(q, G, sigma))
+        ref = sigma * theorem3_reference.sos_radius_dimensionless(q, frac * M)
+        assert abs(ours - ref) <= R_REL_TOL * ref and ours <= ref * (1 + OVER_TOL)
+        assert abs(ours - sos) <= R_REL_TOL * sos
+
+
+def test_closed_form_cases():
+    q = 0.9
+    M = _M(q)
+    assert float(directional_radius(0.5, -0.1, 0.1)) == 0.0
+    assert float(directional_radius(0.3, -0.1, 0.1)) == 0.0
+    assert float(directional_radius(q, -0.3 * M, M)) == np.inf  # m2 = M: p stays q
+    assert float(theorem3_p_lower(2.0, q, -0.3 * M, M)) == pytest.approx(q, abs=1e-15)
+    m1, m2 = 0.6 * M, 0.8 * M  # on the arc, m1 > 0: the half-space
+    assert float(theorem3_p_lower(1.5, q, m1, m2)) == pytest.approx(norm.cdf(norm.ppf(q) + 1.5 * 0.6), abs=1e-14)
+    assert float(directional_radius(q, m1, m2)) == np.inf
+    assert float(theorem3_p_lower(0.0, q, -0.5 * M, 0.3 * M)) == pytest.approx(q, abs=1e-15)
+    # negative m2 is a weaker (still valid) bound and is treated as 0
+    assert float(theorem3_p_lower(1.0, q, -0.5 * M, -0.01)) == float(theorem3_p_lower(1.0, q, -0.5 * M, 0.0))
+
+
+def test_below_fallback_threshold_gives_fallback_value():
+    """m1 is only a lower bound: every m1 below the fallback threshold gives the same value."""
+    r, q, m2f = 1.0, 0.9, 0.3
+    M = _M(q)
+    sol = theorem3_coefficients(r, q, -M, m2f * M)
+    assert int(sol.branch) == 1 and float(sol.lam[1]) == 0.0
+    p = [float(theorem3_p_lower(r, q, f * M, m2f * M)) for f in (-1.0, -0.99, -0.98)]
+    assert p[0] == p[1] == p[2]
+    assert float(jax.grad(theorem3_p_lower, argnums=2)(r, q, -M, m2f * M)) == 0.0
+
+
+def _fd(fn, x, i, h):
+    xp, xm = list(x), list(x)
+    xp[i] += h
+    xm[i] -= h
+    return (fn(*xp) - fn(*xm)) / (2 * h)
+
+
+@pytest.mark.parametrize("point", [(1.0, 0.9, -0.5, 0.3), (2.0, 0.99, 0.2, 0.6), (0.7, 0.7, -0.3, 1e-8)])
+def test_p_lower_gradient_matches_reference_finite_differences(point):
+    r, q, m1f, m2f = point
+    x = [r, *_point(q, m1f, m2f)]
+    grads = jax.grad(theorem3_p_lower, argnums=(0, 1, 2, 3))(*x)
+    for i, h in enumerate([1e-4, 1e-5, 1e-5, 1e-5]):
+        if i == 3 and x[3] < 1e-6:
+            h = 0.5 * x[3]  # stay feasible
+        fd = _fd(theorem3_reference.reference_p_lower, x, i, h)
+        assert float(grads[i]) == pytest.approx(fd, rel=1e-5, abs=1e-7), f"argument {i}"
+
+
+def test_radius_gradient_matches_reference_finite_differences():
+    x = list(_point(0.9, -0.5, 0.3))
+    grads = jax.grad(directional_radius, argnums=(0, 1, 2))(*x)
+    for i, h in enumerate([1e-5, 1e-5, 1e-5]):
+        fd = _fd(theorem3_reference.reference_directional_radius, x, i, h)
+        assert float(grads[i]) == pytest.approx(fd, rel=1e-5), f"argument {i}"
+
+
+def test_jit_vmap_grad_and_no_recompilation():
+    q = jnp.array([0.7, 0.9, 0.99])
+    M = jnp.exp(-0.5 * jax.scipy.special.ndtri(q) ** 2) / jnp.sqrt(2 * jnp.pi)
+    m1, m2 = -0.4 * M, 0.5 * M
+    g = jax.jit(jax.vmap(jax.grad(directional_radius, argnums=(0, 1, 2))))
+    gq, gm1, gm2 = g(q, m1, m2)
+    eager = [jax.grad(directional_radius, argnums=(0, 1, 2))(float(a), float(b), float(c)) for a, b, c in zip(q, m1, m2)]
+    np.testing.assert_allclose(np.asarray(gq), [float(e[0]) for e in eager], rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(gm2), [float(e[2]) for e in eager], rtol=1e-10)
+    assert bool(jnp.all(gq > 0)) and bool(jnp.all(gm2 > 0))
+    gp = jax.jit(jax.vmap(jax.grad(theorem3_p_lower, argnums=(0, 1, 2, 3))))(jnp.full(3, 1.0), q, m1, m2)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in gp)
+    f = jax.jit(directional_radius)
+    f(q, m1, m2)
+    f(q * 0.999, m1, m2)
+    assert f._cache_size() == 1
+
+
+def test_monotone_in_q_m1_m2_and_angle():
+    """p_lower non-decreasing in q, m1, m2; radius non-increasing in the angle (Proposition 2)."""
+    r = 1.3
+    q = jnp.array([0.8, 0.85, 0.9])  # fixed (m1, m2) feasible for all three
+    p = theorem3_p_lower(r, q, -0.1, 0.1)
+    assert bool(jnp.all(jnp.diff(p) >= 0))
+    M = _M(0.9)
+    p = theorem3_p_lower(r, 0.9, jnp.linspace(-M, 0.5 * M, 5), 0.3 * M)
+    assert bool(jnp.all(jnp.diff(p) >= -1e-15))
+    p = theorem3_p_lower(r, 0.9, -0.5 * M, jnp.array([0.0, 1e-8, 0.2, 0.5, 0.8]) * M)
+    assert bool(jnp.all(jnp.diff(p) >= -1e-15))
+    G = 0.7 * M
+    angles = jnp.linspace(0.0, jnp.pi, 7)
+    R = directional_radius(0.9, G * jnp.cos(angles), G * jnp.sin(angles))
+    assert bool(jnp.all(jnp.diff(R) <= 1e-12))
+
+
+def test_infeasible_input():
+    M = _M(0.9)
+    with pytest.raises(ValueError, match="infeasible"):
+        theorem3_p_lower(1.0, 0.9, 0.0, 1.01 * M)
+    with pytest.raises(ValueError, match="infeasible"):
+        directional_radius(0.9, 0.8 * M, 0.8 * M)
+    with pytest.raises(ValueError, match="q must"):
+        directional_radius(1.0, -0.1, 0.0)
+    with pytest.raises(ValueError):
+        theorem3_p_lower(-1.0, 0.9, -0.1, 0.0)
+    # inside jit: NaN, never a silent number
+    assert np.isnan(float(jax.jit(theorem3_p_lower)(1.0, 0.9, 0.0, 1.01 * M)))
+    assert np.isnan(float(jax.jit(directional_radius)(0.9, 0.8 * M, 0.8 * M)))
+    sol = jax.jit(theorem3_coefficients)(1.0, 0.9, 0.8 * M, 0.8 * M)
+    assert not bool(sol.converged)
+
+
+def test_float32_inputs_are_promoted():
+    R64 = directional_radius(0.9, -0.05, 0.1)
+    R32 = directional_radius(np.float32(0.9), np.float32(-0.05), np.float32(0.1))
+    assert R32.dtype == smoothjax._config.float_dtype()
+    assert abs(float(R32) - float(R64)) < 1e-6
+
+
+def test_exported():
+    for name in ("theorem3_coefficients", "theorem3_p_lower", "directional_radius", "Theorem3Solution"):
+        assert hasattr(smoothjax, name)
+
+
+# ----------------------------------------------------------------------------- slow
+@pytest.mark.slow
+def test_dense_acceptance_grid_p_lower():
+    worst_abs, worst_over = 0.0, -1.0
+    for q in (0.5, 0.6, 0.9, 0.99, 0.999, 0.99999):
+        M = _M(q)
+        for m1f in (-1.0, -0.6, -0.2, 0.0, 0.3, 0.7):
+            for m2f in (0.0, 1e-8, 0.1, 0.5, 0.9, 1.0):
+                m2 = m2f * M
+                if max(m1f, 0.0) ** 2 + m2f**2 > 1.0:
+                    continue
+                for r in (0.01, 0.5, 1.5, 4.0):
+                    ours = float(theorem3_p_lower(r, q, m1f * M, m2))
+                    ref = theorem3_reference.reference_p_lower(r, q, m1f * M, m2)
+                    worst_abs = max(worst_abs, abs(ours - ref))
+                    worst_over = max(worst_over, ours - ref)
+    print(f"p_lower: max |err| {worst_abs:.2e}, max over {worst_over:.2e}")
+    assert worst_abs <= P_ABS_TOL and worst_over <= OVER_TOL
+
+
+@pytest.mark.slow
+def test_dense_acceptance_grid_radius():
+    worst_rel, worst_over = 0.0, -1.0
+    for q in (0.5001, 0.6, 0.9, 0.99, 0.999, 0.99999):
+        M = _M(q)
+        for m1f in (-1.0, -0.5, 0.0, 0.4):
+            for m2f in (0.0, 1e-8, 0.3, 0.8):
+                if max(m1f, 0.0) ** 2 + m2f**2 > 0.99:
+                    continue
+                ours = float(directional_radius(q, m1f * M, m2f * M))
+                ref = theorem3_reference.reference_directional_radius(q, m1f * M, m2f * M)
+                worst_rel = max(worst_rel, abs(ours - ref) / ref)
+                worst_over = max(worst_over, (ours - ref) / ref)
+    print(f"radius: max rel err {worst_rel:.2e}, max rel over {worst_over:.2e}")
+    assert worst_rel <= R_REL_TOL and worst_over <= OVER_TOL
