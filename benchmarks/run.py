@@ -35,7 +35,8 @@ CONFIGS = {
         "reference_items": {"cohen": 3, "sos": 2, "dipole": 2, "directional": 1, "l1": 1, "linf": 1},
         "sampling": {"mlp": (2, 200, 100)},
         "scaling": {"n": [1_000, 10_000], "batch_size": 500, "batches": [1, 2], "batch_n": 1_000},
-        "compile": {"inputs": 2, "n0": 50, "n": 200, "batch_size": 100},
+        "compile": {"inputs": 2, "n0": 50, "n": 200, "batch_size": 100,
+                    "methods": ["cohen_l2", "sos_l2", "dipole_l2"]},
     },
     "quick": {
         "sizes": [100, 10_000],
@@ -51,7 +52,7 @@ CONFIGS = {
     "full": {
         "sizes": [100, 10_000, 1_000_000],
         "repeats": 5,
-        "certificate_budget_s": 200.0,
+        "certificate_budget_s": 60.0,
         "certificates": CERTIFICATES,
         "baseline_items": {"cohen": 1000, "sos": 200, "dipole": 200, "directional": 5, "l1": 3, "linf": 3},
         "reference_items": {"cohen": 200, "sos": 50, "dipole": 50, "directional": 20, "l1": 10, "linf": 10},
@@ -76,7 +77,7 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_cases(mode: str, only=None, log=_log) -> dict:
+def run_cases(mode: str, only=None, log=_log, partial_path=None) -> dict:
     """Run the selected cases in ``mode`` and return the JSON-able report."""
     import smoothjax  # noqa: F401  (turns on x64 before anything is traced)
 
@@ -121,6 +122,8 @@ def run_cases(mode: str, only=None, log=_log) -> dict:
             log(f"  ERROR in {case}: {type(exc).__name__}: {exc}")
             report["cases"].append({"case": case, "name": "error", "error": f"{type(exc).__name__}: {exc}"})
         report["case_seconds"][case] = time.perf_counter() - t0
+        if partial_path is not None:  # long runs: keep what is done if the run is cut short
+            partial_path.write_text(json.dumps(report, indent=1, default=str))
     report["total_seconds"] = time.perf_counter() - t_all
     report["cpu_seconds"] = _cpu_seconds() - cpu_all
     report["cpu_seconds_note"] = (
@@ -152,7 +155,7 @@ def table_rows(report) -> list[list[str]]:
             lines.append([r["case"], r["name"], "-", "-", "-", "-", "-", "ERROR: " + r["error"]])
             continue
         if "skipped" in r:
-            lines.append([r["case"], r["name"], "-", "-", "-", "-", "-", "skipped: " + r["skipped"]])
+            lines.append([r["case"], r["name"], _fmt(r.get("size")), "-", "-", "-", "-", "skipped: " + r["skipped"]])
             continue
         base = r.get("baseline", {})
         notes = []
@@ -236,10 +239,12 @@ def main(argv=None) -> int:
     if args.note:
         os.environ["SMOOTHJAX_BENCH_NOTE"] = args.note
     only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
-    report = run_cases(mode_name, only)
     out = pathlib.Path(args.out) if args.out else RESULTS / (
         f"{mode_name}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.json")
+    report = run_cases(mode_name, only, partial_path=partial)
+    partial.unlink(missing_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     out.with_suffix(".md").write_text(markdown_table(report))
     print()

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
@@ -102,23 +103,15 @@ def _raise_if_contradictory(bad, message):
         raise ValueError(message)
 
 
-def _radius(p_lower, grad_l2_lower, dual_upper, sigma, length, *, require_dual_ge_l2=False):
-    """sigma R(q, -sigma a, sigma sqrt(l^2 - a^2)) / length with a = dual_upper / length.
-
-    ``length`` = ||delta||_2 of the threat model's worst vertex (1 or sqrt(dim)). Returns the radius
-    and the boolean mask of contradictory entries (NaN there).
-    """
-    q, l2, dual, sigma, length = jnp.broadcast_arrays(
-        *(as_float(v) for v in (p_lower, grad_l2_lower, dual_upper, sigma, length))
-    )
+def _radius_core(q, l2, dual, sigma, length, require_dual_ge_l2):
+    """Elementwise radius and contradiction mask on equal-shape arrays (see :func:`_radius`)."""
     malformed = ~((q >= 0) & (q <= 1) & (l2 >= 0) & (dual >= 0) & (sigma > 0) & (length >= 1)
                   & jnp.isfinite(l2) & jnp.isfinite(dual) & jnp.isfinite(sigma))
     certify = (q > 0.5) & ~malformed
     big_m = _max_grad(jnp.where(certify, q, 0.75))
     s_l2 = sigma * l2
     contradictory = certify & (s_l2 > big_m * (1 + _FEASIBILITY_SLACK))
-    if require_dual_ge_l2:
-        contradictory = contradictory | (certify & (dual < l2 * (1 - _FEASIBILITY_SLACK)))
+    contradictory = contradictory | (certify & require_dual_ge_l2 & (dual < l2 * (1 - _FEASIBILITY_SLACK)))
     ok = certify & ~contradictory
     a = dual / length
     s_l2 = jnp.minimum(s_l2, big_m)  # within the slack: clip onto the disk
@@ -132,6 +125,30 @@ def _radius(p_lower, grad_l2_lower, dual_upper, sigma, length, *, require_dual_g
     radius = jnp.where(ok, sigma * r / length, 0.0)
     radius = jnp.where(malformed | contradictory, jnp.nan, radius)
     return radius, contradictory
+
+
+_radius_core_jit = jax.jit(_radius_core)
+
+
+def _radius(p_lower, grad_l2_lower, dual_upper, sigma, length, *, require_dual_ge_l2=False):
+    """sigma R(q, -sigma a, sigma sqrt(l^2 - a^2)) / length with a = dual_upper / length.
+
+    ``length`` = ||delta||_2 of the threat model's worst vertex (1 or sqrt(dim)). Returns the radius
+    and the boolean mask of contradictory entries (NaN there).
+
+    The inputs are broadcast, flattened and padded to a power-of-two length (at least 8) before the
+    jitted solve, so that calls with different small shapes (and l1 / linf / subspace calls, the
+    linf check being a traced flag) share one compilation of the Theorem 3 solver, which takes
+    seconds to compile.
+    """
+    arrays = jnp.broadcast_arrays(*(as_float(v) for v in (p_lower, grad_l2_lower, dual_upper, sigma, length)))
+    shape = arrays[0].shape
+    n = math.prod(shape)
+    padded = max(8, 1 << max(n - 1, 0).bit_length())
+    fill = (0.75, 0.0, 0.0, 1.0, 1.0)
+    flat = [jnp.concatenate([a.reshape(-1), jnp.full((padded - n,), f, a.dtype)]) for a, f in zip(arrays, fill)]
+    radius, bad = _radius_core_jit(*flat, jnp.asarray(bool(require_dual_ge_l2)))
+    return radius[:n].reshape(shape), bad[:n].reshape(shape)
 
 
 def l1_radius(p_lower, grad_l2_lower, grad_linf_upper, sigma):

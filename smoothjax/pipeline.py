@@ -8,9 +8,13 @@ static configuration; repeated calls do not recompile when the same ``apply_fn``
    only the statistics the requested methods need (static flags);
 3. the confidence bounds and radii of every requested method.
 
+Large datasets: :func:`certify_in_batches` certifies any number of inputs a fixed number at a time
+(one compiled program; the last group is padded), with results equal to one big call.
+
 Keys. Input ``b`` uses the key ``fold_in(fold_in(key, stream), input_ids[b])`` with stream 0 for
-selection, 1 for estimation and 2 for :func:`predict`, and sample ``i`` folds in ``i`` again, so a
-result depends only on ``(key, input_id)``: certifying a dataset in batches of any size (pass the
+selection, 1 for estimation and 2 for :func:`predict`, and noise sample ``i`` is a counter-based
+function of that key and ``i`` (:func:`smoothjax.sampling.standard_normal`), so a result depends
+only on ``(key, input_id)``: certifying a dataset in batches of any size (pass the
 dataset indices as ``input_ids``), with any ``batch_size``, on any number of devices, gives the
 same numbers.
 
@@ -33,8 +37,10 @@ to be iid but no independence between bounds, see :mod:`smoothjax.sampling`):
 ===================  ========================================================================
 
 (The first paper's code spends 1.25 alpha on its l1/linf radii; here every certificate spends
-exactly alpha.) Radii are in input units and in the norm their name says (``subspace_l2``: an l2
-ball of perturbations restricted to the coordinates selected by ``subspace``).
+exactly alpha.) The guarantee is per certificate, as in both papers; a statement about all
+reported radii at once holds at ``1 - k alpha`` for ``k`` methods (union bound). Radii are in input
+units and in the norm their name says (``subspace_l2``: an l2 ball of perturbations restricted to
+the coordinates selected by ``subspace``).
 
 Abstaining. ``prediction`` is ``c_A`` when Cohen's lower bound at alpha exceeds 1/2 (Cohen et
 al.'s CERTIFY), else :data:`smoothjax.ABSTAIN` (-1); every radius is 0 where the prediction is -1,
@@ -174,7 +180,9 @@ def predict(apply_fn, params, xs, key, *, sigma, n: int, alpha, batch_size: int,
       int32 ``[batch]`` predictions (-1 = abstain).
     """
     V.check_alpha(alpha)
-    validate_sampling_args(apply_fn, params, xs, sigma=sigma, num_samples=n, batch_size=batch_size, pairs=False, name="n")
+    validate_sampling_args(
+        apply_fn, params, xs, sigma=sigma, num_samples=n, batch_size=batch_size, pairs=False, name="n"
+    )
     xs = jnp.asarray(xs)
     ids = check_input_ids(input_ids, xs.shape[0])
     xs, ids, batch = _pad_to_devices(xs, ids)
@@ -332,7 +340,9 @@ def _certify_jit(
     return _over_devices(per_shard, (xs, input_ids), (params, key, sigma, alpha, mask))
 
 
-def _certify_traced(apply_fn, params, xs, key, input_ids, sigma, alpha, mask, *, n0, n, batch_size, methods, subspace_dim):
+def _certify_traced(
+    apply_fn, params, xs, key, input_ids, sigma, alpha, mask, *, n0, n, batch_size, methods, subspace_dim
+):
     from smoothjax.binomial import clopper_pearson_lower
 
     ftype = float_dtype()
@@ -357,7 +367,9 @@ def _certify_traced(apply_fn, params, xs, key, input_ids, sigma, alpha, mask, *,
         cp_n += [stats.num_pairs] * 2
         cp_alpha += [alpha / 2] * 2
     cp = clopper_pearson_lower(
-        jnp.stack(cp_k), jnp.asarray(cp_n, ftype)[:, None], jnp.stack([jnp.broadcast_to(a, n_a.shape) for a in cp_alpha])
+        jnp.stack(cp_k),
+        jnp.asarray(cp_n, ftype)[:, None],
+        jnp.stack([jnp.broadcast_to(a, n_a.shape) for a in cp_alpha]),
     )
     p_cohen, p_half = cp[0], cp[1]
 

@@ -529,9 +529,12 @@ def _solve_at(r, q, m1, m2, theta0, fallback0):
     st, use_fb, it = _solve_theta(r, q, m1, m2, theta0, fallback0)
     lam = _lams(st["theta"], r)
     lam = lam.at[1].set(jnp.where(use_fb, 0.0, lam[1]))
+    # B = -2/r gives lam1 = 0 up to rounding (~1e-17); clipping it changes F negligibly.
+    ok = jnp.all(lam >= -1e-12)
+    lam = jnp.maximum(lam, 0.0)
     res = jnp.where(use_fb, st["res"].at[1].set(0.0), st["res"])
     p = st["P"] + jnp.dot(lam, res)  # the dual value: a lower bound for any lam >= 0
-    ok = jnp.all(lam >= 0) & jnp.isfinite(p)
+    ok = ok & jnp.isfinite(p)
     return dict(
         p=jnp.where(ok, p, jnp.nan), lam=lam, Pr=st["Pr"], theta=st["theta"], use_fb=use_fb,
         merit=st["merit"], num_steps=it,

@@ -49,14 +49,30 @@ def _jax_solver_available():
     return hasattr(first_order._theorem3, "directional_radius")
 
 
+def _use_reference(monkeypatch):
+    """Swap in the scipy reference; a fresh jit of the core so no trace is shared with the real solver."""
+    monkeypatch.setattr(first_order, "_theorem3", types.SimpleNamespace(directional_radius=_reference_directional_radius))
+    # a new function object: jit caches traces per wrapped function, so jax.jit(first_order._radius_core)
+    # would share (and pollute) the cache of the real first_order._radius_core_jit
+    monkeypatch.setattr(first_order, "_radius_core_jit", jax.jit(lambda *args: first_order._radius_core(*args)))
+
+
 @pytest.fixture(params=["reference", "jax"])
 def solver(request, monkeypatch):
     if request.param == "reference":
-        monkeypatch.setattr(first_order, "_theorem3",
-                            types.SimpleNamespace(directional_radius=_reference_directional_radius))
+        _use_reference(monkeypatch)
     elif not _jax_solver_available():
         pytest.skip("smoothjax.theorem3.directional_radius is not available yet")
     return request.param
+
+
+@pytest.fixture
+def reference_solver(monkeypatch):
+    """For tests of this module's own logic under jit / vmap (compiling the real solver for every
+    new trace would cost seconds each; the real solver under jit is covered by
+    test_jit_with_the_real_solver and the gradient tests)."""
+    _use_reference(monkeypatch)
+    return "reference"
 
 
 def max_grad(p, sigma):
@@ -91,9 +107,10 @@ GRADS = {  # in units of the largest possible gradient at p, times a factor < 1
     "peaked": np.array([0.05, -0.9, 0.05, 0.1]),
     "flat": np.array([0.3, 0.3, -0.3, 0.3]),
 }
+GRAD_PARAMS = [pytest.param(name, marks=() if name == "spread" else pytest.mark.slow, id=name) for name in GRADS]
 
 
-@pytest.mark.parametrize("name", list(GRADS), ids=list(GRADS))
+@pytest.mark.parametrize("name", GRAD_PARAMS)
 def test_l1_equals_worst_vertex_for_exact_norms(solver, name):
     """With exact norms the corollary is the minimum over the l1 ball's vertices (Prop. 1 + 2)."""
     p, sigma = 0.85, 0.5
@@ -104,7 +121,7 @@ def test_l1_equals_worst_vertex_for_exact_norms(solver, name):
     assert ours == pytest.approx(expected, rel=RTOL_REF)
 
 
-@pytest.mark.parametrize("name", list(GRADS), ids=list(GRADS))
+@pytest.mark.parametrize("name", GRAD_PARAMS)
 def test_linf_equals_worst_vertex_for_exact_norms(solver, name):
     p, sigma, d = 0.9, 0.25, 4
     direction = GRADS[name] / np.linalg.norm(GRADS[name])
@@ -210,19 +227,38 @@ def test_below_half_and_infinite(solver):
 
 
 # ----------------------------------------------------------------------------- jit / vmap / bad input
-def test_jit_vmap_match_eager(solver):
+def test_jit_vmap_match_eager(reference_solver):
     p = jnp.array([0.6, 0.8, 0.95, 0.4])
     l2 = jnp.array([0.1, 0.3, 0.2, 0.1])
     dual = jnp.array([0.05, 0.2, 0.5, 0.1])
     sigma = 0.5
     eager = np.asarray(first_order.l1_radius(p, l2, dual, sigma))
-    jitted = np.asarray(jax.jit(first_order.l1_radius)(p, l2, dual, sigma))
-    mapped = np.asarray(jax.vmap(first_order.l1_radius, in_axes=(0, 0, 0, None))(p, l2, dual, sigma))
+    jitted = np.asarray(jax.jit(lambda *a: first_order.l1_radius(*a))(p, l2, dual, sigma))
+    mapped = np.asarray(jax.vmap(lambda *a: first_order.l1_radius(*a), in_axes=(0, 0, 0, None))(p, l2, dual, sigma))
     np.testing.assert_allclose(jitted, eager, rtol=1e-12)
     np.testing.assert_allclose(mapped, eager, rtol=1e-12)
     assert eager[3] == 0.0
-    lin = jax.jit(first_order.linf_radius, static_argnums=3)(p, l2, 4 * dual, 16, sigma)
+    lin = jax.jit(lambda *a: first_order.linf_radius(*a), static_argnums=3)(p, l2, 4 * dual, 16, sigma)
     np.testing.assert_allclose(lin, first_order.linf_radius(p, l2, 4 * dual, 16, sigma), rtol=1e-12)
+    sub = jax.jit(lambda *a: first_order.subspace_radius(*a, p="inf", subspace_dim=16))(p, l2, 4 * dual, sigma)
+    np.testing.assert_allclose(sub, lin, rtol=1e-12)
+    # a larger batch with a leading axis
+    big = jnp.tile(p, (3, 1))
+    np.testing.assert_allclose(first_order.l1_radius(big, l2, dual, sigma), np.tile(eager, (3, 1)), rtol=1e-12)
+
+
+def test_jit_with_the_real_solver():
+    if not _jax_solver_available():
+        pytest.skip("smoothjax.theorem3.directional_radius is not available yet")
+    p = jnp.array([0.6, 0.8, 0.95, 0.4])
+    l2 = jnp.array([0.1, 0.3, 0.2, 0.1])
+    dual = jnp.array([0.05, 0.2, 0.5, 0.1])
+    eager = np.asarray(first_order.l1_radius(p, l2, dual, 0.5))
+    jitted = np.asarray(jax.jit(lambda *a: first_order.l1_radius(*a))(p, l2, dual, 0.5))
+    np.testing.assert_allclose(jitted, eager, rtol=1e-12)
+    expected = [0.5 * ref.reference_directional_radius(float(a), -0.5 * float(c), 0.5 * math.sqrt(max(float(b)**2 - float(c)**2, 0)))
+                if a > 0.5 else 0.0 for a, b, c in zip(p, l2, dual)]
+    np.testing.assert_allclose(eager, expected, rtol=RTOL_REF)
 
 
 BAD = [
@@ -236,7 +272,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("name,kw", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_raises_outside_jit_and_is_nan_inside(solver, name, kw):
+def test_bad_input_raises_outside_jit_and_is_nan_inside(reference_solver, name, kw):
     args = dict(p_lower=0.8, grad_l2_lower=0.2, dual=0.3, sigma=0.5)
     args.update(kw)
     call = (args["p_lower"], args["grad_l2_lower"], args["dual"], args["sigma"])
@@ -244,13 +280,15 @@ def test_bad_input_raises_outside_jit_and_is_nan_inside(solver, name, kw):
         first_order.l1_radius(*call)
     with pytest.raises(ValueError):
         first_order.subspace_radius(*call, p=2)
-    assert np.isnan(float(jax.jit(first_order.l1_radius)(*call)))
+    assert np.isnan(float(jax.jit(lambda *a: first_order.l1_radius(*a))(*call)))
 
 
-def test_linf_contradiction_l1_below_l2(solver):
+def test_linf_contradiction_l1_below_l2(reference_solver):
     with pytest.raises(ValueError):
         first_order.linf_radius(0.8, 0.3, 0.2, 16, 0.5)
-    assert np.isnan(float(jax.jit(first_order.linf_radius, static_argnums=3)(0.8, 0.3, 0.2, 16, 0.5)))
+    assert np.isnan(float(jax.jit(lambda *a: first_order.linf_radius(*a), static_argnums=3)(0.8, 0.3, 0.2, 16, 0.5)))
+    # dim traced (an array) works too
+    assert np.isnan(float(jax.jit(lambda *a: first_order.linf_radius(*a))(0.8, 0.3, 0.2, 16.0, 0.5)))
 
 
 def test_bad_static_arguments():
@@ -272,6 +310,7 @@ def test_slack_at_the_maximum_gradient(solver):
 
 # ----------------------------------------------------------------------------- gradients (real solver)
 def test_grad_through_radii():
+    """jax.grad of l1 + linf radius against central differences of the same function (real solver)."""
     if not _jax_solver_available():
         pytest.skip("smoothjax.theorem3.directional_radius is not available yet")
     p, l2, dual, sigma = 0.85, 0.4, 0.25, 0.5
@@ -286,8 +325,20 @@ def test_grad_through_radii():
           (loss(p, l2, dual + h) - loss(p, l2, dual - h)) / (2 * h)]
     np.testing.assert_allclose(np.array(g), np.array(fd), rtol=1e-5)
     assert g[0] > 0 and g[1] > 0 and g[2] < 0
+    # below 1/2 and where l2 <= dual (m2 = 0): finite (zero / one-sided) gradients
+    g_half = jax.grad(lambda a: first_order.l1_radius(a, l2, dual, sigma))(0.4)
+    assert g_half == 0.0
+    g_band = jax.grad(lambda b: first_order.l1_radius(p, b, dual, sigma))(0.2)
+    assert np.isfinite(g_band)
+
+
+@pytest.mark.slow
+def test_jit_vmap_grad_real_solver():
+    if not _jax_solver_available():
+        pytest.skip("smoothjax.theorem3.directional_radius is not available yet")
+    l2, dual, sigma = 0.4, 0.25, 0.5
     gv = jax.jit(jax.vmap(jax.grad(lambda a: first_order.l1_radius(a, l2, dual, sigma))))(jnp.array([0.3, 0.7, 0.9]))
-    assert np.all(np.isfinite(gv)) and gv[0] == 0.0
+    assert np.all(np.isfinite(gv)) and gv[0] == 0.0 and gv[1] > 0 and gv[2] > 0
 
 
 def test_l2_case_agrees_with_certificates_sos_radius(solver):

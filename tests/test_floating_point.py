@@ -334,32 +334,66 @@ def _run_float32(quick):
     s = float(sigma)
     g32 = np.asarray(sos_g / s, np.float32).astype(np.float64)  # the exact float32 gradient passed
     checks = {
-        "cohen_radius": (out["cohen"], [ref_cohen(x, s) for x in p]),
-        "sos_radius": (out["sos"], [ref_sos(a, b, s) for a, b in zip(sos_p, g32)]),
-        "dipole_radius": (out["dipole"], [ref_dipole(a, b, s) for a, b in zip(cs, cn)]),
-        "clopper_pearson_lower": (out["cp"], [ref_cp_lower(k, n, float(np.float32(0.001))) for k, n in cp_pts]),
+        "cohen_radius": (out["cohen"], [ref_cohen(x, s) for x in p], list(p)),
+        "sos_radius": (out["sos"], [ref_sos(a, b, s) for a, b in zip(sos_p, g32)], list(zip(sos_p, g32))),
+        "dipole_radius": (out["dipole"], [ref_dipole(a, b, s) for a, b in zip(cs, cn)], list(zip(cs, cn))),
+        "clopper_pearson_lower": (out["cp"], [ref_cp_lower(k, n, float(np.float32(0.001))) for k, n in cp_pts],
+                                  cp_pts),
     }
-    problems = []
-    for name, (vals, refs) in checks.items():
+    problems = {name: [] for name in checks}
+    for name, (vals, refs, inputs) in checks.items():
         worst, worst_low, refused = -math.inf, 0.0, 0
-        for v, ref in zip(vals, refs):
+        for v, ref, inp in zip(vals, refs, inputs):
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 refused += 1
                 continue
             ex = _rel_excess(v, ref)
             if ex > REL64:
-                problems.append(f"{name}: float32 value {v!r} exceeds reference {float(ref)!r} (rel {ex:.3e})")
+                problems[name].append(f"{name}{inp} (sigma={s}): float32 value {v!r} exceeds reference "
+                                      f"{float(ref)!r} (rel {ex:.3e})")
             worst = max(worst, ex)
             worst_low = min(worst_low, ex)
         print(f"\n[fp32] {name}: {len(refs)} points, refused {refused}, max (ours - ref)/ref = {worst:.3e}, "
               f"min = {worst_low:.3e}")
+    return problems
+
+
+_F32_CACHE = {}
+
+
+def _float32_problems(quick):
+    if quick not in _F32_CACHE:
+        _F32_CACHE[quick] = _run_float32(quick)
+    return _F32_CACHE[quick]
+
+
+def _assert_no_problems(problems):
     assert not problems, "\n".join(problems[:20]) + f"\n({len(problems)} unsound float32 values)"
 
 
-def test_float32_path_sound_or_refuses_quick():
-    _run_float32(quick=True)
+F32_SOS_BUG = (
+    "BUG (owner A, certificates.sos_radius in float32, SMOOTHJAX_ENABLE_X64=0): the radius exceeds the exact "
+    "radius of its float32 inputs by ~1.2e-4 relative at some grid points (e.g. 0.0079935 vs 0.0079925), "
+    "so the float32 path is neither sound nor refusing there.")
+
+
+@pytest.mark.parametrize("name", ["cohen_radius", "dipole_radius", "clopper_pearson_lower"])
+def test_float32_path_sound_or_refuses_quick(name):
+    _assert_no_problems(_float32_problems(True)[name])
+
+
+@pytest.mark.xfail(strict=True, reason=F32_SOS_BUG)
+def test_float32_sos_sound_or_refuses_quick():
+    _assert_no_problems(_float32_problems(True)["sos_radius"])
 
 
 @pytest.mark.slow
-def test_float32_path_sound_or_refuses_dense():
-    _run_float32(quick=False)
+@pytest.mark.parametrize("name", ["cohen_radius", "dipole_radius", "clopper_pearson_lower"])
+def test_float32_path_sound_or_refuses_dense(name):
+    _assert_no_problems(_float32_problems(False)[name])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=F32_SOS_BUG)
+def test_float32_sos_sound_or_refuses_dense():
+    _assert_no_problems(_float32_problems(False)["sos_radius"])

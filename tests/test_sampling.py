@@ -257,23 +257,26 @@ def _throughput(repeats=15, inputs=8, batch_size=256, chunks=10):
     }
     for f in cases.values():
         jax.block_until_ready(f())
-    best = {k: np.inf for k in cases}
-    for _ in range(repeats):
+    times = {k: [] for k in cases}
+    for _ in range(repeats):  # interleaved, so a change of machine load hits every case alike
         for name, f in cases.items():
             t = time.perf_counter()
             jax.block_until_ready(f())
-            best[name] = min(best[name], time.perf_counter() - t)
+            times[name].append(time.perf_counter() - t)
     samples = inputs * batch_size * chunks
-    return best, samples
+    return {k: np.asarray(v) for k, v in times.items()}, samples
 
 
 @pytest.mark.slow
 def test_statistics_cost_at_most_ten_percent_over_bare_forward_pass():
-    best, samples = _throughput()
-    base = best["bare forward"]
-    for name, t in best.items():
+    """Time per model row of sample_statistics vs the bare forward pass: median of per-repeat ratios."""
+    times, samples = _throughput()
+    base = times["bare forward"]
+    ratios = {}
+    for name, t in times.items():
         rows = samples * (1.5 if "dipole" in name else 1)
-        print(f"{name:26s} {samples / t:>10,.0f} samples/s  {rows / t:>10,.0f} model rows/s  "
-              f"time per row vs bare: {t / rows / (base / samples):.3f}")
-    assert best["counts+dot+split_half"] <= 1.10 * base
-    assert best["all (+dipole, 1.5x rows)"] <= 1.10 * 1.5 * base
+        ratios[name] = float(np.median(t / rows / (base / samples)))
+        print(f"{name:26s} {samples / t.min():>10,.0f} samples/s  {rows / t.min():>10,.0f} model rows/s (best)  "
+              f"time per row vs bare (median ratio): {ratios[name]:.3f}")
+    assert ratios["counts+dot+split_half"] <= 1.10
+    assert ratios["all (+dipole, 1.5x rows)"] <= 1.10

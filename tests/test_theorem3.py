@@ -139,7 +139,7 @@ def test_below_fallback_threshold_gives_fallback_value():
     sol = theorem3_coefficients(r, q, -M, m2f * M)
     assert int(sol.branch) == 1 and float(sol.lam[1]) == 0.0
     p = [float(theorem3_p_lower(r, q, f * M, m2f * M)) for f in (-1.0, -0.99, -0.98)]
-    assert p[0] == p[1] == p[2]
+    assert max(p) - min(p) <= 1e-13
     assert float(jax.grad(theorem3_p_lower, argnums=2)(r, q, -M, m2f * M)) == 0.0
 
 

@@ -45,7 +45,7 @@ def _first_root(fn, hi=15.0):
     if below.size == 0:
         return math.inf
     j = below[0]
-    return optimize.brentq(fn, grid[j - 1], grid[j], xtol=1e-15, rtol=4.5e-16, maxiter=500)
+    return optimize.brentq(fn, grid[j - 1], grid[j], xtol=1e-15, rtol=1e-15, maxiter=500)
 
 
 # ----------------------------------------------------------------------------- SoS: band classifier
