@@ -62,7 +62,8 @@ __all__ = [
     "sos_radius",
 ]
 
-_BISECTION_MAX_STEPS = 1100  # a bracket of finite floats always closes within ~1100 halvings
+_F_MARGIN = 32.0  # ulps of 1 allowed for the evaluation error of the bound functions
+_BISECTION_MAX_STEPS = 128  # bit-pattern bisection closes within 64 steps (float64)
 
 
 def _phi(z):
@@ -83,30 +84,62 @@ def _float32_safety(r):
     return r * (1.0 - 2.0**-16)
 
 
+def _round_down(r):
+    """A dimensionless radius from a bisection, moved to the safe side of its rounding error.
+
+    The bracket ends are exact for the *floating-point* bound function, but that function carries
+    absolute errors of a few ulps (``ndtr`` near 1/2, ``ndtri``), which matter only when the root
+    is tiny (p within ~1e-9 of 1/2, where the radius is ~1e-9 sigma). Subtracting 64 ulps of 1
+    covers them; in float32 mode a further 2^-10 relative covers the float32 evaluation error of
+    the SoS / dipole bounds (measured up to 1.2e-4 relative, tests/test_floating_point.py).
+    """
+    eps = jnp.finfo(r.dtype).eps
+    rel = 0.0 if r.dtype == jnp.float64 else 2.0**-10
+    return jnp.maximum(r * (1.0 - rel) - 64.0 * eps, 0.0)
+
+
+def _ordered_int(x):
+    """Map floats to integers monotonically (IEEE-754 order; -0.0 and 0.0 both map to 0)."""
+    itype = jnp.int64 if x.dtype == jnp.float64 else jnp.int32
+    i = lax.bitcast_convert_type(x, itype)
+    return jnp.where(i >= 0, i, -(i & jnp.iinfo(itype).max))
+
+
+def _from_ordered_int(k, dtype):
+    itype = jnp.int64 if dtype == jnp.float64 else jnp.int32
+    bits = jnp.where(k >= 0, k, (-k) | jnp.array(jnp.iinfo(itype).min, itype))
+    return lax.bitcast_convert_type(bits.astype(itype), dtype)
+
+
 def _bisect(fn, lo, hi, max_steps=_BISECTION_MAX_STEPS):
     """Vectorised bisection for an increasing ``fn`` with ``fn(lo) <= 0 < fn(hi)``; returns ``lo``.
 
-    Runs (``lax.while_loop``) until every bracket has shrunk to adjacent floats. The returned
-    lower end always satisfies the invariant (or is the initial ``lo``), so for solves where
-    "larger root = larger radius" it is the safe end.
+    Bisects on the integer order of the floats (their IEEE-754 bit patterns), so every step
+    halves the number of representable numbers in the bracket: it closes to adjacent floats in at
+    most 64 steps (32 in float32) wherever the root lies, including roots near 0 where halving
+    the value would need ~1075 steps. The returned lower end always satisfies the invariant (or
+    is the initial ``lo``), so for solves where "larger root = larger radius" it is the safe end.
     """
-
-    def open_(lo, hi):
-        mid = 0.5 * (lo + hi)
-        return (mid > lo) & (mid < hi)
+    dtype = lo.dtype
+    lo_k = _ordered_int(lo)
+    hi_k = _ordered_int(jnp.asarray(hi, dtype))
 
     def cond(state):
-        step, lo, hi = state
-        return (step < max_steps) & jnp.any(open_(lo, hi))
+        step, lo_k, hi_k = state
+        return (step < max_steps) & jnp.any(hi_k - lo_k > 1)
 
     def body(state):
-        step, lo, hi = state
-        mid = 0.5 * (lo + hi)
-        below = fn(mid) <= 0.0
-        return step + 1, jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+        step, lo_k, hi_k = state
+        # floor((lo + hi) / 2) without overflow for integers of either sign
+        mid_k = (lo_k >> 1) + (hi_k >> 1) + (lo_k & hi_k & 1)
+        open_ = hi_k - lo_k > 1
+        below = fn(_from_ordered_int(mid_k, dtype)) <= 0.0
+        lo_k = jnp.where(open_ & below, mid_k, lo_k)
+        hi_k = jnp.where(open_ & ~below, mid_k, hi_k)
+        return step + 1, lo_k, hi_k
 
-    _, lo, _ = lax.while_loop(cond, body, (0, lo, hi))
-    return lo
+    _, lo_k, _ = lax.while_loop(cond, body, (0, lo_k, hi_k))
+    return _from_ordered_int(lo_k, dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,7 +233,10 @@ def _sos_solve(p, g):
     r_cohen = -ndtri(q)
 
     def f(r):
-        return ndtr(r + v) + ndtr(u - r) - 0.5
+        # + _F_MARGIN: a point counts as inside the radius only if the bound clears 1/2 by more
+        # than the evaluation error of this expression, so the safe end stays safe in exact math
+        # (matters where the bound is flat at its root, e.g. zero gradient and p near 1/2).
+        return ndtr(r + v) + ndtr(u - r) - 0.5 + _F_MARGIN * jnp.finfo(dtype).eps
 
     r = _bisect(f, r_cohen, jnp.maximum(-v, r_cohen))
     return jnp.maximum(r, r_cohen), u, v
@@ -273,7 +309,9 @@ def _sos_radius(p, grad, sigma):
     sigma_safe = jnp.where(invalid, 1.0, sigma)
     gamma_max = _phi(ndtri(1.0 - p_safe))
     gamma = jnp.minimum(jnp.where(active, sigma_safe * grad, 0.0), gamma_max)
-    r = _sos_dimensionless(p_safe, gamma)
+    # SoS provably dominates Cohen (gradient bound at its maximum = Cohen's worst case), so the
+    # bisection's rounding margin never needs to take the radius below Cohen's exact value.
+    r = jnp.maximum(_round_down(_sos_dimensionless(p_safe, gamma)), _upper_quantile(p_safe))
     radius = _float32_safety(jnp.where(active, sigma_safe * r, 0.0))
     radius = jnp.where((p == 1.0) & ~invalid, jnp.inf, radius)
     return jnp.where(invalid, jnp.nan, radius)
@@ -369,7 +407,8 @@ def _check_positive(name, x):
 # total mass cs + cn: the theorem minimises over f_S and f_N separately (ignoring f_S + f_N <= 1,
 # the paper's footnote 2), so its bound can be below Cohen's (e.g. cs = 0.5, cn = 0.3 gives
 # 0.736 sigma against Cohen's 0.842 sigma). max(dipole, Cohen(cs + cn)) is also a valid
-# certificate (g(x) >= cs + cn), but it is not Theorem 3 and not what the reference code prints.
+# certificate (g(x) >= cs + cn), and that is what dipole_radius returns (the reference code prints
+# Theorem 3 alone; no row of the peer data differs).
 
 
 def _dipole_solve(cs, cn):
@@ -379,7 +418,8 @@ def _dipole_solve(cs, cn):
     hi = jnp.maximum(c, -w) + 0.675
 
     def f(r):
-        return ndtr(w + r) + ndtr(w - r) - ndtr(c - r) - 0.5
+        # + _F_MARGIN ulps: see _sos_solve.
+        return ndtr(w + r) + ndtr(w - r) - ndtr(c - r) - 0.5 + _F_MARGIN * jnp.finfo(cs.dtype).eps
 
     return _bisect(f, lo, hi), w, c
 
@@ -415,9 +455,11 @@ def dipole_radius(cs_lower, cn_lower, sigma):
     - Phi(Phi^-1((1 - cs)/2) - rho/sigma)``, and the radius is where this reaches 1/2.
 
     Identities: ``dipole_radius(0, cn, sigma) == cohen_radius(cn, sigma)``; increasing in cs and
-    cn. Radius 0 where ``cs + cn <= 1/2``; inf where cs = 1. It can be *below*
+    cn. Radius 0 where ``cs + cn <= 1/2``; inf where cs = 1. Theorem 3 alone can be *below*
     ``cohen_radius(cs + cn, sigma)`` when cs and cn are both sizeable (the theorem bounds the two
-    parts separately); ``max`` of the two is also sound (not done here, to stay Theorem 3).
+    parts separately, e.g. cs = 0.5, cn = 0.3 gives 0.736 sigma against 0.842 sigma); since
+    ``g(x) >= cs + cn`` Cohen's radius at the total is also sound, and the function returns the
+    larger of the two (never below ``cohen_radius(cs_lower + cn_lower)``).
 
     Args:
       cs_lower, cn_lower: lower confidence bounds on cs and cn (e.g. Clopper-Pearson over the
@@ -452,7 +494,13 @@ def _dipole_radius(cs, cn, sigma):
     cs_safe = jnp.where(active, cs, 0.25)
     cn_safe = jnp.where(active, cn, 0.5)
     sigma_safe = jnp.where(invalid, 1.0, sigma)
-    r = _dipole_dimensionless(cs_safe, cn_safe)
+    # g(x) = P[f(x + e) = top] = cs + cn >= cs_lower + cn_lower, so Cohen's radius at the total is
+    # also a valid certificate; Theorem 3 bounds f_S and f_N separately and can fall below it.
+    # The float sum is moved one ulp down so its rounding cannot raise the Cohen term.
+    s = cs_safe + cn_safe
+    total = jnp.where(cs_safe == 0.0, cn_safe, s + (jnp.nextafter(lax.stop_gradient(s), 0.0) - lax.stop_gradient(s)))
+    cohen = jnp.where(total > 0.5, _upper_quantile(jnp.where(total > 0.5, total, 0.75)), 0.0)
+    r = jnp.maximum(_round_down(_dipole_dimensionless(cs_safe, cn_safe)), cohen)
     radius = _float32_safety(jnp.where(active, sigma_safe * r, 0.0))
     radius = jnp.where((cs == 1.0) & ~invalid, jnp.inf, radius)
     return jnp.where(invalid, jnp.nan, radius)

@@ -50,7 +50,9 @@ bit mask per input: :data:`REASON_LOW_PROBABILITY` (Cohen's bound <= 1/2),
 :data:`REASON_NONFINITE_LOGITS` (the model returned NaN or inf logits for some noisy input: the
 counts cannot be trusted, so the input abstains), :data:`REASON_NONFINITE_INPUT` (NaN/inf in
 the input; only reachable under an outer ``jit``, since concrete inputs raise ``ValueError``),
-:data:`REASON_METHOD_FAILED` (some method's certificate was NaN and was replaced by 0).
+:data:`REASON_METHOD_FAILED` (some method's certificate was NaN and was replaced by 0),
+:data:`REASON_INVALID_ARGUMENT` (sigma <= 0 or NaN, or alpha outside (0, 1); only reachable under an
+outer ``jit``, since concrete values raise ``ValueError``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ REASON_LOW_PROBABILITY = 1
 REASON_NONFINITE_LOGITS = 2
 REASON_NONFINITE_INPUT = 4
 REASON_METHOD_FAILED = 8
+REASON_INVALID_ARGUMENT = 16
 
 _SELECTION_STREAM, _ESTIMATION_STREAM, _PREDICT_STREAM = 0, 1, 2
 _PAIR_METHODS = ("sos_l2", "dipole_l2")
@@ -405,6 +408,9 @@ def _certify_traced(
     reason = jnp.where(certified, 0, REASON_LOW_PROBABILITY)
     reason = reason | jnp.where(stats.nonfinite + selection.nonfinite > 0, REASON_NONFINITE_LOGITS, 0)
     reason = reason | jnp.where(finite_input, 0, REASON_NONFINITE_INPUT)
+    # sigma / alpha outside their domain (only reachable when traced: concrete values raise first)
+    valid_args = jnp.isfinite(sigma) & (sigma > 0) & (alpha > 0) & (alpha < 1)
+    reason = reason | jnp.where(valid_args, 0, REASON_INVALID_ARGUMENT)
     failed = jnp.zeros_like(certified)
     for name in radii:
         failed = failed | jnp.isnan(radii[name])

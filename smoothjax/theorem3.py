@@ -738,7 +738,12 @@ def theorem3_coefficients(r, q, m1, m2) -> Theorem3Solution:
     Not differentiable (use :func:`theorem3_p_lower` for gradients).
     """
     _check_inputs(q, m1, m2, r)
-    return _broadcast_map(_coefficients, r, q, m1, m2)
+    return _coefficients_jit(*(as_float(a) for a in (r, q, m1, m2)))
+
+
+# Module-level jitted entry points: repeated calls with the same shapes reuse one compilation
+# (eager calls would otherwise retrace the solver's while loops every time).
+_coefficients_jit = jax.jit(lambda r, q, m1, m2: _broadcast_map(_coefficients, r, q, m1, m2))
 
 
 @jax.custom_jvp
@@ -773,7 +778,10 @@ def theorem3_p_lower(r, q, m1, m2):
     Broadcasts; outside jit infeasible input raises ValueError, inside jit it gives NaN.
     """
     _check_inputs(q, m1, m2, r)
-    return _p_lower(*(as_float(a) for a in (r, q, m1, m2)))
+    return _p_lower_jit(*(as_float(a) for a in (r, q, m1, m2)))
+
+
+_p_lower_jit = jax.jit(_p_lower)
 
 
 def _radius(q, m1, m2):
@@ -816,7 +824,10 @@ def directional_radius(q, m1, m2):
     infeasible input raises ValueError, inside jit it gives NaN.
     """
     _check_inputs(q, m1, m2)
-    return _directional_radius(*(as_float(a) for a in (q, m1, m2)))
+    return _directional_radius_jit(*(as_float(a) for a in (q, m1, m2)))
+
+
+_directional_radius_jit = jax.jit(_directional_radius)
 
 
 def max_grad_norm_dimensionless(q):

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
+import sys
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 
-from benchmarks import baselines, references, run
+# `benchmarks/` is a top-level package of the repository, not installed with smoothjax: make it
+# importable when pytest is started as `pytest` (which does not put the repository root on sys.path).
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks import baselines, references, run  # noqa: E402
 
 TOP_KEYS = {"schema_version", "mode", "started_utc", "machine", "config", "cases", "case_seconds",
             "total_seconds", "cpu_seconds", "skipped"}

@@ -91,7 +91,9 @@ def ref_dipole(cs, cn, sigma):
             - 0.5
         )
 
-    return sigma * optimize.brentq(bound, 0.0, 40.0, xtol=1e-15, rtol=1e-15, maxiter=500)
+    theorem3 = sigma * optimize.brentq(bound, 0.0, 40.0, xtol=1e-15, rtol=1e-15, maxiter=500)
+    # dipole_radius also uses g(x) >= cs + cn, i.e. Cohen's radius at the total (never smaller).
+    return max(theorem3, sigma * NORM.ppf(cs + cn))
 
 
 SOS_CASES = [

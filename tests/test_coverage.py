@@ -38,7 +38,6 @@ from scipy import stats
 import smoothjax as sj
 from smoothjax import pipeline
 from coverage_helpers import (
-    IntervalUnion,
     binomial_pvalue_at_most,
     coverage_classifiers,
     interval_union_apply,

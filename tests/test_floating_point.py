@@ -166,7 +166,7 @@ def _dipole_grid(num):
     cs_l, cn_l = [], []
     for cs in np.concatenate([np.linspace(0.0, 0.98, num), 1 - np.logspace(-3, -13, 4)]):
         for frac in (0.0, 0.2, 0.5, 0.9, 1.0):
-            cn = frac * (1 - cs)
+            cn = frac * (1 - cs) / 2  # feasible: P[only +] = P[only -] <= (1 - cs) / 2
             if cs + cn > 0.5:
                 cs_l.append(cs)
                 cn_l.append(cn)
@@ -216,11 +216,6 @@ def test_float64_cohen_near_half():
     _check64(np.asarray(sj.cohen_radius(p, 0.37)), [ref_cohen(x, 0.37) for x in p], "cohen_radius near 1/2")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (owner A, certificates.sos_radius): for p_lower -> 1/2 the float64 SoS radius exceeds the exact "
-    "radius by more than 1e-12 relative: p = 0.5 + 1e-15, sigma*G = 0.05 M: 2.068e-14 vs exact 1.853e-14 "
-    "(+11.6%); p = 0.5 + 1e-9: +5.9e-8; p = 0.5000001, 0.3 M: +7.7e-10; p = 0.50001: +3.1e-12 "
-    "(absolute excess <= 1e-15 sigma, but not rounded toward the smaller radius)."))
 def test_float64_sos_near_half():
     sigma = 0.37
     ps, gs = [], []
@@ -235,7 +230,7 @@ def test_float64_sos_near_half():
 def test_float64_dipole_near_half():
     sigma = 0.37
     cs = [0.0, 0.2, 0.45, 0.5]
-    pts = [(c, p - c) for p in NEAR_HALF for c in cs if p - c >= 0]
+    pts = [(c, p - c) for p in NEAR_HALF for c in cs if 0 <= p - c <= (1 - c) / 2]
     _check64(np.asarray(sj.dipole_radius(np.array([a for a, _ in pts]), np.array([b for _, b in pts]), sigma)),
              [ref_dipole(a, b, sigma) for a, b in pts], "dipole_radius near 1/2", lower_rel=1.0)
 
@@ -382,7 +377,6 @@ def test_float32_path_sound_or_refuses_quick(name):
     _assert_no_problems(_float32_problems(True)[name])
 
 
-@pytest.mark.xfail(strict=True, reason=F32_SOS_BUG)
 def test_float32_sos_sound_or_refuses_quick():
     _assert_no_problems(_float32_problems(True)["sos_radius"])
 
@@ -394,6 +388,5 @@ def test_float32_path_sound_or_refuses_dense(name):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=F32_SOS_BUG)
 def test_float32_sos_sound_or_refuses_dense():
     _assert_no_problems(_float32_problems(False)["sos_radius"])
