@@ -174,6 +174,24 @@ def _dh(x, r):
     return 2.0 * x * _e1(u)
 
 
+def _e2_prime(u):
+    """d/du of 2 (e^u - 1 - u) / u^2  = 2 ((u - 2) e^u + u + 2) / u^3."""
+    small = jnp.abs(u) < 0.5
+    us = jnp.where(small, 1.0, u)
+    # sum_{k>=1} 2 k u^{k-1} / (k+2)!
+    coef = [2.0 * k / math.factorial(k + 2) for k in range(1, 16)]
+    series = coef[-1]
+    for c in coef[-2::-1]:
+        series = series * u + c
+    return jnp.where(small, series, 2.0 * ((us - 2.0) * jnp.exp(us) + us + 2.0) / (us * us * us))
+
+
+def _dh_dr(x, r):
+    """d h(x; r) / d r at fixed x  (= x^3 / 3 at r = 0)."""
+    u = jnp.minimum(r * x, _MAX_EXP)
+    return x * x * x * _e2_prime(u)
+
+
 def _dh_inverse(s, r):
     """The x with h'(x) = s, or -inf when s <= -2/r (h' > -2/r everywhere)."""
     z = 0.5 * r * s
@@ -259,8 +277,9 @@ def _left_root(T, B, r, eps, x_L, H_L):
 def _moments(theta, r, n=NODES_PER_PANEL):
     """Integrals over F = 1{A + B X - h(X) + eps Y > 0} for scalar theta = (A, B, eps) and r.
 
-    Returns (I, P, Pr, J): I = (E F, E[X F], E[Y F]); P = E[F w(X)]; Pr = E[F w(X) (X - r)];
-    J[i, j] = d I_i / d theta_j (symmetric positive semi-definite).
+    Returns (I, P, Pr, J, Jr): I = (E F, E[X F], E[Y F]); P = E[F w(X)]; Pr = E[F w(X) (X - r)];
+    J[i, j] = d I_i / d theta_j (symmetric positive semi-definite); Jr[i] = d I_i / d r at fixed
+    theta (the same line integrals along the curve, with -dh/dr in place of d(level)/d theta_j).
     """
     A, B, eps = theta[0], theta[1], theta[2]
     pos = eps > 0
@@ -295,6 +314,7 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     I_mid = jnp.stack([jnp.sum(wphi * Phic), jnp.sum(wphi * xm * Phic), jnp.sum(wphi * phic)])
     um = u_outer(xm, -cm)
     J_mid = jnp.einsum("k,ik,jk->ij", wphi * phic / eps_s, um, um)
+    Jr_mid = jnp.einsum("k,ik,k->i", wphi * phic / eps_s, um, -_dh_dr(xm, r))
     xp, wp = gaussian_panel_rule(lo - r, x_R - r, nodes_per_panel=n)
     Phip = ndtr(g(xp + r) / eps_s)
     wphip = wp * _phi(xp)
@@ -316,6 +336,7 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     I_right = jnp.stack([jnp.sum(wy * d0), jnp.sum(wy * d1), jnp.sum(wy * yr * d0)])
     ur = u_outer(x2, yr)
     J_right = jnp.einsum("k,ik,jk->ij", wy * _phi(x2) / slope2, ur, ur)
+    Jr_right = jnp.einsum("k,ik,k->i", wy * _phi(x2) / slope2, ur, -_dh_dr(x2, r))
     P_right = jnp.sum(wy * dP)
     Pr_right = jnp.sum(wy * dPr)
 
@@ -336,6 +357,7 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     I_left = jnp.stack([jnp.sum(wyl * e0), jnp.sum(wyl * e1), jnp.sum(wyl * yl * e0)])
     ul = u_outer(x1, yl)
     J_left = jnp.einsum("k,ik,jk->ij", wyl * _phi(x1) / slope1, ul, ul)
+    Jr_left = jnp.einsum("k,ik,k->i", wyl * _phi(x1) / slope1, ul, -_dh_dr(x1, r))
     P_left = jnp.sum(wyl * eP)
     Pr_left = jnp.sum(wyl * ePr)
 
@@ -343,7 +365,8 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     J = J_mid + J_right + J_left
     P = P_mid + P_right + P_left
     Pr = Pr_mid + Pr_right + Pr_left
-    return I, P, Pr, J
+    Jr = Jr_mid + Jr_right + Jr_left
+    return I, P, Pr, J, Jr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,13 +420,15 @@ def _newton_state(theta, r, b, fix_eps, fallback):
     fallback: B is held at -2/r (lam1 = 0) and the m1 equation is dropped (the paper's
     two-equation system); fix_eps: eps is held at 0 and the m2 equation dropped (m2 = 0).
     """
-    I, P, Pr, J = _moments(theta, r)
+    I, P, Pr, J, Jr = _moments(theta, r)
     res = b - I
     free = jnp.stack([True, ~fallback, ~fix_eps])
     merit = jnp.max(jnp.abs(jnp.where(free, res, 0.0)))
     Jf = jnp.where(free[:, None] & free[None, :], J, jnp.eye(3, dtype=J.dtype))
     rf = jnp.where(free, res, 0.0)
-    return dict(theta=theta, res=res, merit=merit, J=Jf, rhs=rf, P=P, Pr=Pr)
+    # d(residual)/dr along the branch: on the fallback B = -2/r moves with r (dB/dr = 2/r^2).
+    Jr_b = Jr + jnp.where(fallback, 2.0 / (r * r), 0.0) * J[:, 1]
+    return dict(theta=theta, res=res, merit=merit, J=Jf, rhs=rf, P=P, Pr=Pr, Jr=jnp.where(free, Jr_b, 0.0))
 
 
 def _step(st, mu):
@@ -467,6 +492,7 @@ def _solve_theta(r, q, m1, m2, theta0, fallback0, max_iter=_NEWTON_ITERS):
     st0 = dict(
         theta=clean(theta0, fallback0), res=jnp.zeros(3, dtype), merit=jnp.asarray(jnp.inf, dtype),
         J=jnp.eye(3, dtype=dtype), rhs=jnp.zeros(3, dtype), P=jnp.zeros((), dtype), Pr=jnp.zeros((), dtype),
+        Jr=jnp.zeros(3, dtype),
     )
     c0 = dict(st=st0, mu=jnp.zeros((), dtype), it=0, phase_it=0, fallback=fallback0, switched=False,
               fresh=True, done=False)
@@ -537,8 +563,22 @@ def _solve_at(r, q, m1, m2, theta0, fallback0):
     ok = ok & jnp.isfinite(p)
     return dict(
         p=jnp.where(ok, p, jnp.nan), lam=lam, Pr=st["Pr"], theta=st["theta"], use_fb=use_fb,
-        merit=st["merit"], num_steps=it,
+        merit=st["merit"], num_steps=it, J=st["J"], rhs=st["rhs"], Jr=st["Jr"],
     )
+
+
+def _predict_theta(sol, dr):
+    """First-order predictor of the solution after r moves by dr: J d theta = res - Jr dr.
+
+    J, res and Jr are the branch's masked Newton system at the current solution (held coordinates
+    get a zero step: B follows -2/r on the fallback through ``clean`` in :func:`_solve_theta`).
+    eps keeps at least a tenth of its value; a non-finite step falls back to the warm start.
+    """
+    theta = sol["theta"]
+    step = jnp.linalg.solve(sol["J"], sol["rhs"] - sol["Jr"] * dr)
+    step = jnp.where(jnp.all(jnp.isfinite(step)), step, 0.0)
+    new = theta + step
+    return new.at[2].set(jnp.maximum(new[2], 0.1 * theta[2]))
 
 
 def _p_lower_core(r, q, m1, m2):
@@ -593,17 +633,25 @@ def _radius_core(q, m1, m2):
     inf = jnp.asarray(jnp.inf, dtype)
     zero_ = jnp.zeros((), dtype)
     sol0 = dict(p=zero_, lam=jnp.zeros(3, dtype), Pr=zero_, theta=th0, use_fb=th0[1] <= _b_min(r0),
-                merit=jnp.asarray(jnp.inf, dtype), num_steps=0)
+                merit=jnp.asarray(jnp.inf, dtype), num_steps=0, J=jnp.eye(3, dtype=dtype),
+                rhs=jnp.zeros(3, dtype), Jr=jnp.zeros(3, dtype))
 
     def update(r, sol, lo, hi):
         p, Pr = sol["p"], sol["Pr"]
         above = p >= 0.5
         lo = jnp.where(above, r, lo)
         hi = jnp.where(above, hi, r)
-        newton = r - (p - 0.5) / jnp.where(Pr < 0, Pr, -1.0)
-        ok = (Pr < 0) & (newton > lo) & (newton < hi) & jnp.isfinite(newton)
-        fallback_r = jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi), 2.0 * r)
-        r_new = jnp.where(ok, newton, fallback_r)
+        # Newton on G(r) = Phi^-1(p(r)) = 0 (G is exactly linear for Cohen's half-space and
+        # close to linear in general), G'(r) = Pr / phi(G).
+        z = ndtri(jnp.clip(p, 1e-300, 1.0 - 1e-16))
+        newton = r - z * _phi(z) / jnp.where(Pr < 0, Pr, -1.0)
+        # (closed bracket: when Newton no longer moves r, r itself is the answer)
+        ok = (Pr < 0) & (newton >= lo) & (newton <= hi) & jnp.isfinite(newton)
+        # Without an upper end yet, r at most doubles (plus 1/4) per step: near the top of p(r)
+        # (Pr ~ 0, possible when m1 > 0) a Newton step would shoot far into p ~ 0.
+        grow = 2.0 * r + 0.25
+        fallback_r = jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi), grow)
+        r_new = jnp.where(ok, jnp.where(jnp.isfinite(hi), newton, jnp.minimum(newton, grow)), fallback_r)
         done = (jnp.abs(r_new - r) <= 1e-13 * r) | (jnp.isfinite(hi) & (hi - lo <= 4e-16 * hi)) | ~jnp.isfinite(p)
         return r_new, lo, hi, done
 
@@ -612,7 +660,8 @@ def _radius_core(q, m1, m2):
 
     def body(c):
         r = c["r_next"]
-        sol = _solve_at(r, qs, m1s, m2s, c["sol"]["theta"], c["sol"]["use_fb"])
+        theta0 = jnp.where(c["it"] > 0, _predict_theta(c["sol"], r - c["r"]), c["sol"]["theta"])
+        sol = _solve_at(r, qs, m1s, m2s, theta0, c["sol"]["use_fb"])
         r_next, lo, hi, done = update(r, sol, c["lo"], c["hi"])
         return dict(r=r, r_next=r_next, sol=sol, lo=lo, hi=hi, done=done, it=c["it"] + 1)
 
