@@ -113,8 +113,15 @@ _ROOT_ITERS = 8
 _RES_TOL = 1e-13  # max |residual| at which Newton stops
 _CONVERGED_TOL = 1e-11  # max |residual| reported as converged
 _RADIUS_ITERS = 30
+# Budget of Newton evaluations (moments) for one radius, all r-steps together. Batched (vmap) the
+# slowest lane sets the cost of the whole batch; typical radii take 10-25 (benchmarks/). A lane
+# out of budget returns the largest certified r seen, flagged not converged.
+_RADIUS_STEPS = 60
 _STEP_SCALE = jnp.array([1.0, 3.0, 3.0])  # |dA|, 3|dB|, 3|d eps|: shifts of the curve over |x| <= 3
 _FAR = 40.0  # |x| beyond which Phi(x) is exactly 0 or 1 in float64
+# Absolute error allowed per quadrature integral I_i in the dual value (the panel rule errs by a
+# few 1e-14, see smoothjax.quadrature; the root solves and rounding add a few ulps).
+_QUAD_ERR = 1e-13
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,7 +475,7 @@ def _project(theta, theta_old, r, fix_eps):
     return jnp.stack([A, B, eps])
 
 
-def _solve_theta(r, q, m1, m2, theta0, fallback0, max_iter=_NEWTON_ITERS):
+def _solve_theta(r, q, m1, m2, theta0, fallback0, max_iter=_NEWTON_ITERS, tol=_RES_TOL):
     """Levenberg-Marquardt-damped Newton on one branch's equations, switching branch once.
 
     Starts on the branch ``fallback0`` (True: the two-equation fallback, B held at -2/r). A trial
@@ -512,9 +519,10 @@ def _solve_theta(r, q, m1, m2, theta0, fallback0, max_iter=_NEWTON_ITERS):
         # stop at the target, at the round-off floor (a rejected step below the converged
         # tolerance), when damping no longer helps, or after max_iter steps on this branch
         floor = ~accept & (st["merit"] <= _CONVERGED_TOL)
-        finished = (st["merit"] <= _RES_TOL) | floor | (mu >= 1e12) | (phase_it >= max_iter)
+        finished = (st["merit"] <= tol) | floor | (mu >= 1e12) | (phase_it >= max_iter)
         at_bound = st["theta"][1] <= bmin * (1.0 - 1e-12)
-        kkt_fails = jnp.where(c["fallback"], st["res"][1] > 0.0, at_bound | (st["merit"] > _CONVERGED_TOL))
+        stalled = st["merit"] > jnp.maximum(tol, _CONVERGED_TOL)
+        kkt_fails = jnp.where(c["fallback"], st["res"][1] > 0.0, at_bound | stalled)
         switch = finished & kkt_fails & ~c["switched"]
         return dict(
             st=st, mu=jnp.where(switch, 0.0, mu), it=c["it"] + 1, phase_it=jnp.where(switch, 0, phase_it),
@@ -550,16 +558,19 @@ def _classify(q, m1, m2):
     return m2, M, feasible, boundary, arc
 
 
-def _solve_at(r, q, m1, m2, theta0, fallback0):
+def _solve_at(r, q, m1, m2, theta0, fallback0, tol=_RES_TOL):
     """Solve at one r (scalar); returns a dict with the certified p, lam, Pr and diagnostics."""
-    st, use_fb, it = _solve_theta(r, q, m1, m2, theta0, fallback0)
+    st, use_fb, it = _solve_theta(r, q, m1, m2, theta0, fallback0, tol=tol)
     lam = _lams(st["theta"], r)
     lam = lam.at[1].set(jnp.where(use_fb, 0.0, lam[1]))
     # B = -2/r gives lam1 = 0 up to rounding (~1e-17); clipping it changes F negligibly.
     ok = jnp.all(lam >= -1e-12)
     lam = jnp.maximum(lam, 0.0)
     res = jnp.where(use_fb, st["res"].at[1].set(0.0), st["res"])
-    p = st["P"] + jnp.dot(lam, res)  # the dual value: a lower bound for any lam >= 0
+    # The dual value, a lower bound for any lam >= 0 given exact integrals. The integrals I carry
+    # a quadrature error of up to _QUAD_ERR each, which the dual value multiplies by lam: near the
+    # arc lam reaches 1e10, so that error is taken off explicitly (P's own error is P_MARGIN).
+    p = st["P"] + jnp.dot(lam, res) - _QUAD_ERR * jnp.sum(lam)
     ok = ok & jnp.isfinite(p)
     return dict(
         p=jnp.where(ok, p, jnp.nan), lam=lam, Pr=st["Pr"], theta=st["theta"], use_fb=use_fb,
@@ -628,7 +639,10 @@ def _radius_core(q, m1, m2):
     m1s = jnp.where(special, -0.5 * Ms, m1)
     m2s = jnp.where(special, 0.5 * Ms, m2c)
 
-    r0 = jnp.maximum(ndtri(qs), 1e-6)  # Cohen's radius: p_lower(r0) >= 1/2
+    # Cohen's radius is certified without a solve: Theorem 3 minimises over a subset of the
+    # classifiers Cohen's bound ranges over, so p_lower(cohen) >= Phi(Phi^-1(q) - cohen) = 1/2.
+    cohen = jnp.maximum(ndtri(qs), 0.0)
+    r0 = jnp.maximum(cohen, 1e-6)
     th0 = _start(qs, m1s, m2s, r0)
     inf = jnp.asarray(jnp.inf, dtype)
     zero_ = jnp.zeros((), dtype)
@@ -639,8 +653,10 @@ def _radius_core(q, m1, m2):
     def update(r, sol, lo, hi):
         p, Pr = sol["p"], sol["Pr"]
         above = p >= 0.5
-        lo = jnp.where(above, r, lo)
-        hi = jnp.where(above, hi, r)
+        lo = jnp.where(above, r, lo)  # certified: the dual value is a lower bound at any theta
+        # p < 1/2 proves nothing when the solve was loose (the dual value lies below p(r) by
+        # O(residual^2)): only a converged solve may close the bracket from above.
+        hi = jnp.where(above | (sol["merit"] > _CONVERGED_TOL), hi, r)
         # Newton on G(r) = Phi^-1(p(r)) = 0 (G is exactly linear for Cohen's half-space and
         # close to linear in general), G'(r) = Pr / phi(G).
         z = ndtri(jnp.clip(p, 1e-300, 1.0 - 1e-16))
@@ -656,25 +672,39 @@ def _radius_core(q, m1, m2):
         return r_new, lo, hi, done
 
     def cond(c):
-        return (c["it"] < _RADIUS_ITERS) & ~c["done"]
+        return (c["it"] < _RADIUS_ITERS) & (c["steps"] < _RADIUS_STEPS) & ~c["done"]
 
     def body(c):
         r = c["r_next"]
-        theta0 = jnp.where(c["it"] > 0, _predict_theta(c["sol"], r - c["r"]), c["sol"]["theta"])
-        sol = _solve_at(r, qs, m1s, m2s, theta0, c["sol"]["use_fb"])
+        dr = r - c["r"]
+        theta0 = jnp.where(c["it"] > 0, _predict_theta(c["sol"], dr), c["sol"]["theta"])
+        # Inexact inner solves while r is still moving a lot: the dual value's error is second
+        # order in the residual, so a residual of 1e-3 (dr Pr)^2 leaves Newton on r quadratic
+        # (dr Pr ~ the distance of p from 1/2 that the step corrected). The last solves, after
+        # steps of 1e-5 or less, run to the full tolerance.
+        tol = jnp.clip(1e-3 * (dr * c["sol"]["Pr"]) ** 2, _RES_TOL, 1e-6)
+        tol = jnp.where(c["it"] > 0, tol, 1e-6)
+        sol = _solve_at(r, qs, m1s, m2s, theta0, c["sol"]["use_fb"], tol=tol)
         r_next, lo, hi, done = update(r, sol, c["lo"], c["hi"])
-        return dict(r=r, r_next=r_next, sol=sol, lo=lo, hi=hi, done=done, it=c["it"] + 1)
+        # never stop on a loose solve
+        done = done & (tol <= _RES_TOL)
+        return dict(r=r, r_next=r_next, sol=sol, lo=lo, hi=hi, done=done, it=c["it"] + 1,
+                    steps=c["steps"] + sol["num_steps"])
 
-    c = lax.while_loop(cond, body, dict(r=r0, r_next=r0, sol=sol0, lo=zero_, hi=inf, done=False, it=0))
+    init = dict(r=r0, r_next=r0, sol=sol0, lo=cohen, hi=inf, done=False, it=0, steps=0)
+    c = lax.while_loop(cond, body, init)
     sol, r = c["sol"], c["r"]
     p, Pr = sol["p"], sol["Pr"]
-    # The certified value at r is p; when it fell (by rounding) below 1/2, step back to first order.
+    # The certified value at r is p; when it fell (by rounding) below 1/2, step back to first order
+    # (a correction of a few ulps; R_MARGIN below dwarfs its second-order error). When more would be
+    # needed (no convergence: near the arc, where the multipliers blow up), return the largest r at
+    # which a dual value >= 1/2 was seen: certified, if loose, and flagged not converged.
     short = jnp.where(p >= 0.5, 0.0, (0.5 - p) / jnp.maximum(-Pr, 1e-300) * 1.001)
-    R = r - short
+    small = (Pr < 0) & (short <= 1e-12 * r)
+    converged = special | ((sol["merit"] <= _CONVERGED_TOL) & c["done"] & small)
+    R = jnp.where(converged, r - short, c["lo"])
     R = jnp.where(special, jnp.where(zero, 0.0, inf), R)
     R = jnp.where(feasible, R, jnp.nan)
-    converged = special | ((sol["merit"] <= _CONVERGED_TOL) & c["done"])
-    R = jnp.where(converged | special, R, jnp.where(jnp.isfinite(R), R, jnp.nan))
     return dict(R=R, lam=sol["lam"], Pr=Pr, special=special, converged=converged, num_steps=c["it"])
 
 

@@ -418,7 +418,9 @@ def test_float32_mode_is_conservative():
         [ref_dipole(float(a), float(b), SIGMA) for a, b in zip(cs, cn)],
     ])
     assert np.all(values <= exact)
-    np.testing.assert_allclose(values, exact, rtol=1e-4)
+    # float32 radii are deliberately shrunk by 2^-10 relative (certificates._round_down) plus a few
+    # float32 ulps, so they may lie up to ~1.1e-3 below the exact value, never above it.
+    np.testing.assert_allclose(values, exact, rtol=2e-3)
 
 
 @pytest.mark.slow
