@@ -483,7 +483,8 @@ def _solve_theta(r, q, m1, m2, theta0, fallback0, max_iter=_NEWTON_ITERS, tol=_R
     mu grows (mu shrinks after each success and is dropped below 1e-10: pure Newton, quadratic
     convergence). When the branch has converged (or stalled), its KKT conditions are checked: the
     fallback needs E[X F] >= m1 (res1 <= 0), the three-equation solution B > -2/r; if they fail the
-    other branch is solved from the current point (once). One moments evaluation per iteration and
+    other branch is solved from the current point (at most twice; the three-equation branch also
+    hands over as soon as an accepted step is pinned at B = -2/r). One moments evaluation per iteration and
     a single call site keep the compiled program small. Returns (state, fallback, iterations).
     """
     b = jnp.stack([q, m1, m2])
@@ -501,7 +502,7 @@ def _solve_theta(r, q, m1, m2, theta0, fallback0, max_iter=_NEWTON_ITERS, tol=_R
         J=jnp.eye(3, dtype=dtype), rhs=jnp.zeros(3, dtype), P=jnp.zeros((), dtype), Pr=jnp.zeros((), dtype),
         Jr=jnp.zeros(3, dtype),
     )
-    c0 = dict(st=st0, mu=jnp.zeros((), dtype), it=0, phase_it=0, fallback=fallback0, switched=False,
+    c0 = dict(st=st0, mu=jnp.zeros((), dtype), it=0, phase_it=0, fallback=fallback0, switched=0,
               fresh=True, done=False)
 
     def cond(c):
@@ -519,14 +520,18 @@ def _solve_theta(r, q, m1, m2, theta0, fallback0, max_iter=_NEWTON_ITERS, tol=_R
         # stop at the target, at the round-off floor (a rejected step below the converged
         # tolerance), when damping no longer helps, or after max_iter steps on this branch
         floor = ~accept & (st["merit"] <= _CONVERGED_TOL)
-        finished = (st["merit"] <= tol) | floor | (mu >= 1e12) | (phase_it >= max_iter)
         at_bound = st["theta"][1] <= bmin * (1.0 - 1e-12)
+        # On the three-equation branch, an accepted step that lands on B = -2/r (lam1 = 0) after the
+        # first steps means the solution wants lam1 < 0: go to the fallback now rather than grind
+        # against the bound (the fallback's own KKT check sends it back if that was wrong).
+        pinned = ~c["fallback"] & at_bound & accept & (phase_it >= 2)
+        finished = (st["merit"] <= tol) | floor | (mu >= 1e12) | (phase_it >= max_iter) | pinned
         stalled = st["merit"] > jnp.maximum(tol, _CONVERGED_TOL)
         kkt_fails = jnp.where(c["fallback"], st["res"][1] > 0.0, at_bound | stalled)
-        switch = finished & kkt_fails & ~c["switched"]
+        switch = finished & kkt_fails & (c["switched"] < 2)
         return dict(
             st=st, mu=jnp.where(switch, 0.0, mu), it=c["it"] + 1, phase_it=jnp.where(switch, 0, phase_it),
-            fallback=c["fallback"] ^ switch, switched=c["switched"] | switch, fresh=switch,
+            fallback=c["fallback"] ^ switch, switched=c["switched"] + switch, fresh=switch,
             done=finished & ~switch,
         )
 
@@ -684,7 +689,9 @@ def _radius_core(q, m1, m2):
         # steps of 1e-5 or less, run to the full tolerance.
         tol = jnp.clip(1e-3 * (dr * c["sol"]["Pr"]) ** 2, _RES_TOL, 1e-6)
         tol = jnp.where(c["it"] > 0, tol, 1e-6)
-        sol = _solve_at(r, qs, m1s, m2s, theta0, c["sol"]["use_fb"], tol=tol)
+        # A predicted B below -2/r means lam1 would turn negative: start on the fallback branch.
+        fb0 = c["sol"]["use_fb"] | ((c["it"] > 0) & (theta0[1] <= _b_min(r)))
+        sol = _solve_at(r, qs, m1s, m2s, theta0, fb0, tol=tol)
         r_next, lo, hi, done = update(r, sol, c["lo"], c["hi"])
         # never stop on a loose solve
         done = done & (tol <= _RES_TOL)
