@@ -49,6 +49,7 @@ from jax import lax
 from jax.scipy.special import ndtri
 
 from smoothjax._config import as_float
+from smoothjax._normal import Phi as _Phi
 from smoothjax._validation import (
     check_alpha,
     check_finite,
@@ -74,17 +75,6 @@ _SOS_NEWTON_STEPS_R = 4  # Newton steps for the SoS radius
 
 def _phi(z):
     return jnp.exp(-0.5 * z * z) / jnp.sqrt(2.0 * jnp.pi)
-
-
-def _Phi(x):
-    """``Phi(x) = erfc(-x / sqrt 2) / 2``: ``jax.scipy.special.ndtr`` at a sixth of its CPU cost.
-
-    ``ndtr`` evaluates both ``erf`` and ``erfc`` and selects; one ``erfc`` is as accurate (against
-    mpmath on [-37, 9]: absolute error <= 0.5 ulp of 1 in float64, 0.6 in float32; relative error
-    in the lower tail the same as ndtr's, set by the rounding of x / sqrt 2; the two differ by at
-    most 1 ulp of 1). Used inside the solves, where it is evaluated many times per radius.
-    """
-    return 0.5 * lax.erfc(x * -0.7071067811865476)
 
 
 def _upper_quantile(p):

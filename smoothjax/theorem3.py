@@ -92,10 +92,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.special import ndtr, ndtri
+from jax.scipy.special import ndtri
 
 from smoothjax import _validation
 from smoothjax._config import as_float, float_dtype
+from smoothjax._normal import Phi as _Phi
 from smoothjax.quadrature import NODES_PER_PANEL, WINDOW, gaussian_panel_rule
 
 __all__ = [
@@ -109,7 +110,7 @@ __all__ = [
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _MAX_EXP = 700.0
 _NEWTON_ITERS = 40
-_ROOT_ITERS = 8
+_ROOT_ITERS = 5
 _RES_TOL = 1e-13  # max |residual| at which Newton stops
 _CONVERGED_TOL = 1e-11  # max |residual| reported as converged
 _RADIUS_ITERS = 30
@@ -315,7 +316,7 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     lo = jnp.where(pos, x_L, x_R)
     xm, wm = gaussian_panel_rule(lo, x_R, nodes_per_panel=n)
     cm = g(xm) / eps_s
-    Phic = ndtr(cm)
+    Phic = _Phi(cm)
     phic = _phi(cm)
     wphi = wm * _phi(xm)
     I_mid = jnp.stack([jnp.sum(wphi * Phic), jnp.sum(wphi * xm * Phic), jnp.sum(wphi * phic)])
@@ -323,7 +324,7 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     J_mid = jnp.einsum("k,ik,jk->ij", wphi * phic / eps_s, um, um)
     Jr_mid = jnp.einsum("k,ik,k->i", wphi * phic / eps_s, um, -_dh_dr(xm, r))
     xp, wp = gaussian_panel_rule(lo - r, x_R - r, nodes_per_panel=n)
-    Phip = ndtr(g(xp + r) / eps_s)
+    Phip = _Phi(g(xp + r) / eps_s)
     wphip = wp * _phi(xp)
     P_mid = jnp.sum(wphip * Phip)
     Pr_mid = jnp.sum(wphip * xp * Phip)
@@ -334,9 +335,9 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     T_r = A + eps * yr
     x2 = _right_root(T_r, B, r, eps, x_R, H_R)
     wy = wr * _phi(yr)
-    d0 = ndtr(x2) - ndtr(x_R)
+    d0 = _Phi(x2) - _Phi(x_R)
     d1 = _phi(x_R) - _phi(x2)
-    dP = ndtr(x2 - r) - ndtr(x_R - r)
+    dP = _Phi(x2 - r) - _Phi(x_R - r)
     dPr = _phi(x_R - r) - _phi(x2 - r)
     slope2 = jnp.maximum(_dh(x2, r) - B, eps)  # |g'(x2)| >= eps
     slope2 = jnp.where(slope2 > 0, slope2, 1.0)
@@ -355,9 +356,9 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     x1 = _left_root(T_l, B, r, eps, x_Lf, H_L)
     x1 = jnp.where(jnp.isfinite(x1), x1, -2.0 * WINDOW - 1.0)
     wyl = wl * _phi(yl)
-    e0 = ndtr(x_Lf) - ndtr(x1)
+    e0 = _Phi(x_Lf) - _Phi(x1)
     e1 = _phi(x1) - _phi(x_Lf)
-    eP = ndtr(x_Lf - r) - ndtr(x1 - r)
+    eP = _Phi(x_Lf - r) - _Phi(x1 - r)
     ePr = _phi(x1 - r) - _phi(x_Lf - r)
     slope1 = jnp.maximum(B - _dh(x1, r), eps)
     slope1 = jnp.where(slope1 > 0, slope1, 1.0)
@@ -614,7 +615,7 @@ def _p_lower_core(r, q, m1, m2):
 
     z = ndtri(q)
     slope0 = jnp.maximum(m1, -jnp.sqrt(jnp.maximum(M * M - m2c * m2c, 0.0)))  # dp/dr at r = 0+
-    p_arc = ndtr(z + r * m1 / M)
+    p_arc = _Phi(z + r * m1 / M)
     p_special = jnp.where(arc, p_arc, q)
     p = jnp.where(special, p_special, sol["p"])
     p = jnp.where(feasible & (r >= 0) & jnp.isfinite(r), p, jnp.nan)
