@@ -634,7 +634,17 @@ def _p_lower_core(r, q, m1, m2):
 
 
 def _radius_core(q, m1, m2):
-    """Scalar directional radius: safeguarded Newton on p_lower(r) = 1/2, warm-started solves."""
+    """Scalar directional radius: safeguarded Newton on Phi^-1(p_lower(r)) = 0.
+
+    Start at Cohen's radius (certified without a solve). Each r-step solves the branch's equations
+    at r from the first-order prediction theta + J^-1 (res - dI/dr dr) of the previous solution,
+    only loosely (residual <= 1e-3 (dr Pr)^2) while r still moves a lot, then updates r by Newton
+    on G(r) = Phi^-1(p) (near linear: exactly linear for Cohen's half-space), inside the bracket
+    [largest certified r, smallest r where a converged solve gave p < 1/2], growing r at most to
+    2 r + 1/4 per step before the bracket closes. Typical radii take 10-25 moment evaluations in
+    all; a budget of _RADIUS_STEPS bounds the batch's cost. Unconverged lanes return the largest
+    certified r seen (>= Cohen's radius), flagged ``converged = False``.
+    """
     dtype = float_dtype()
     m2c, M, feasible, boundary, arc = _classify(q, m1, m2)
     zero = feasible & (q <= 0.5)
@@ -900,11 +910,15 @@ def directional_radius(q, m1, m2):
 
     The r >= 0 where theorem3_p_lower(r, q, m1, m2) crosses 1/2 (multiply by sigma for input
     units). 0 when q <= 1/2; +inf when m2 = M (p stays q) or (m1 > 0 on the arc, a half-space
-    that never drops below q). Solved by safeguarded Newton on r with a bracket, warm-started
-    inner solves, and returned on the safe side: the certified p_lower at the returned radius is
-    >= 1/2 (up to a first-order correction of a few ulps) and R_MARGIN = 1e-10 relative is taken
-    off for quadrature error. l2 case (Corollary 3.1): m1 = -sigma ||grad g||, m2 = 0 gives the
-    SoS radius / sigma; m1 = -M, m2 = 0 gives Cohen's Phi^-1(q).
+    that never drops below q). Solved by safeguarded Newton on Phi^-1(p_lower(r)) with a bracket
+    and predicted, warm-started inner solves (see ``_radius_core``), and returned on the safe side:
+    the certified p_lower at the returned radius is >= 1/2 (up to a first-order correction of a
+    few ulps; the dual value already carries a quadrature allowance scaled by the multipliers) and
+    R_MARGIN = 1e-10 relative is taken off. Very near the arc (max(m1,0)^2 + m2^2 within ~1e-4 of
+    M^2, where the multipliers exceed 1e6) or for q within ~1e-5 of 1 the solve may not converge
+    within its budget; the radius returned there is the largest certified one found (never below
+    Cohen's Phi^-1(q)), sound but possibly loose. l2 case (Corollary 3.1): m1 = -sigma ||grad g||,
+    m2 = 0 gives the SoS radius / sigma; m1 = -M, m2 = 0 gives Cohen's Phi^-1(q).
 
     Differentiable (first order) by the implicit function theorem:
     dR/dtheta = -(dp/dtheta) / (dp/dr) with dp/d(q, m1, m2) = lam. Broadcasts; outside jit

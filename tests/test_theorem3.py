@@ -234,6 +234,42 @@ def test_exported():
         assert hasattr(smoothjax, name)
 
 
+# Near the arc max(m1,0)^2 + m2^2 = M^2 the multipliers reach 1e6..1e10 and the solve may stop
+# unconverged; the radius must then still be certified: finite, >= Cohen's, and the true p_lower
+# (independent reference) at it >= 1/2. (q, rho, angle): m1 = rho M cos, m2 = rho M sin.
+NEAR_ARC = [
+    (0.54584589, 0.9999999878, 1.285),
+    (0.98866507, 0.9999996979, 0.059),
+    (0.99997601, 0.9999998062, 0.028),
+    (0.7243600270478111, 0.9971635494995387, 1.6442324330864335),
+    (0.9999406781457181, 0.9983625670261768, 1.5806445394663806),
+    (0.9999985452953203, 0.9995296680076622, math.pi),
+]
+
+
+def _near_arc_inputs():
+    q, rho, ang = (np.array(c) for c in zip(*NEAR_ARC))
+    M = np.array([_M(x) for x in q])
+    return q, M * rho * np.cos(ang), np.maximum(M * rho * np.sin(ang), 0.0)
+
+
+def test_near_arc_radius_is_finite_and_at_least_cohen():
+    q, m1, m2 = _near_arc_inputs()
+    R = np.asarray(jax.jit(directional_radius)(q, m1, m2))
+    cohen = norm.ppf(q)
+    assert np.all(np.isfinite(R))
+    assert np.all(R >= cohen * (1 - 1e-9))
+
+
+@pytest.mark.slow
+def test_near_arc_radius_is_certified_by_the_reference():
+    q, m1, m2 = _near_arc_inputs()
+    R = np.asarray(directional_radius(q, m1, m2))
+    for i in range(len(q) - 1):  # the last point defeats the reference's own solver
+        p_true = theorem3_reference.reference_p_lower(float(R[i]), float(q[i]), float(m1[i]), float(m2[i]))
+        assert p_true >= 0.5 - 1e-12, (NEAR_ARC[i], R[i], p_true)
+
+
 # ----------------------------------------------------------------------------- slow
 @pytest.mark.slow
 def test_dense_acceptance_grid_p_lower():
