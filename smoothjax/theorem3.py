@@ -398,8 +398,9 @@ def _b_min(r):
     return jnp.where(r > 0, -2.0 / jnp.where(r > 0, r, 1.0), -jnp.inf)
 
 
-def _start(q, m1, m2, r):
-    """Start: the band (|X| < w, mass q) bent to the curve h, tilted and thickened to first order."""
+def _band_start(q, m1, m2, r):
+    """The band (|X| < w, mass q) bent to the curve h, tilted and thickened to first order: theta
+    = (A, B, eps), B not yet clipped to the bound -2/r."""
     w = ndtri(0.5 * (1.0 + q))
     pw = _phi(w)
     hp, hm = _h(w, r), _h(-w, r)
@@ -414,12 +415,18 @@ def _start(q, m1, m2, r):
     dA = -j01 * m1 / det
     dB = j00 * m1 / det
     eps = m2 / j00
-    # Tilted below lam1 = 0: start at the fallback's eps = 0 limit, the half-line X < Phi^-1(q).
+    return jnp.stack([A + dA, B + dB, eps])
+
+
+def _start(q, m1, m2, r):
+    """Start: the band of :func:`_band_start`, or, tilted below lam1 = 0, the fallback's eps = 0
+    limit, the half-line X < Phi^-1(q)."""
+    A, B, eps = _band_start(q, m1, m2, r)
     bmin = _b_min(r)
-    clamp = B + dB <= bmin
+    clamp = B <= bmin
     x0 = ndtri(q)
     A_fb = _h(x0, r) - jnp.where(clamp, bmin, 0.0) * x0
-    return jnp.stack([jnp.where(clamp, A_fb, A + dA), jnp.maximum(B + dB, bmin), eps])
+    return jnp.stack([jnp.where(clamp, A_fb, A), jnp.maximum(B, bmin), eps])
 
 
 def _newton_state(theta, r, b, fix_eps, fallback):
@@ -530,6 +537,15 @@ def _solve_theta(r, q, m1, m2, theta0, fallback0, max_iter=_NEWTON_ITERS, tol=_R
         stalled = st["merit"] > jnp.maximum(tol, _CONVERGED_TOL)
         kkt_fails = jnp.where(c["fallback"], st["res"][1] > 0.0, at_bound | stalled)
         switch = finished & kkt_fails & (c["switched"] < 2)
+        # Back from the fallback (its m1 constraint is violated), the three-equation branch does
+        # not restart at B = -2/r itself: there the left end of the region sits at -inf and Newton
+        # cannot move it. B is moved a tenth of the way off the bound, with A keeping the curve
+        # through the region's right end x0 = Phi^-1(q) of the fallback's half-line.
+        x0 = ndtri(q)
+        B_off = jnp.maximum(st["theta"][1], 0.9 * bmin)
+        nudged = jnp.stack([_h(x0, r) - B_off * x0, B_off, st["theta"][2]])
+        to_three = switch & c["fallback"]
+        st = dict(st, theta=jnp.where(to_three, clean(nudged, False), st["theta"]))
         return dict(
             st=st, mu=jnp.where(switch, 0.0, mu), it=c["it"] + 1, phase_it=jnp.where(switch, 0, phase_it),
             fallback=c["fallback"] ^ switch, switched=c["switched"] + switch, fresh=switch,
@@ -573,6 +589,9 @@ def _solve_at(r, q, m1, m2, theta0, fallback0, tol=_RES_TOL):
     ok = jnp.all(lam >= -1e-12)
     lam = jnp.maximum(lam, 0.0)
     res = jnp.where(use_fb, st["res"].at[1].set(0.0), st["res"])
+    # The fallback is the answer only when its solution meets E[X F] >= m1 (lam1 = 0 is then
+    # optimal); a violated m1 constraint counts in the residual, so it is never reported converged.
+    merit = jnp.where(use_fb, jnp.maximum(st["merit"], st["res"][1]), st["merit"])
     # The dual value, a lower bound for any lam >= 0 given exact integrals. The integrals I carry
     # a quadrature error of up to _QUAD_ERR each, which the dual value multiplies by lam: near the
     # arc lam reaches 1e10, so that error is taken off explicitly (P's own error is P_MARGIN).
@@ -580,7 +599,7 @@ def _solve_at(r, q, m1, m2, theta0, fallback0, tol=_RES_TOL):
     ok = ok & jnp.isfinite(p)
     return dict(
         p=jnp.where(ok, p, jnp.nan), lam=lam, Pr=st["Pr"], theta=st["theta"], use_fb=use_fb,
-        merit=st["merit"], num_steps=it, J=st["J"], rhs=st["rhs"], Jr=st["Jr"],
+        merit=merit, num_steps=it, J=st["J"], rhs=st["rhs"], Jr=st["Jr"],
     )
 
 
