@@ -106,6 +106,8 @@ def dipole_radius_one(cs_lower: float, cn_lower: float, sigma: float, tol: float
 
     Lower bound at distance sigma*R: Phi(Phi^-1(C_N) - R) + Phi(Phi^-1((1 + C_S)/2) - R)
     - Phi(Phi^-1((1 - C_S)/2) - R); the radius is where it equals 1/2 (bisection over R).
+    Returned: the larger of that radius and Cohen's radius sigma Phi^-1(C_S + C_N) (also valid,
+    since g(x) = C_S + C_N), the same certificate ``smoothjax.dipole_radius`` computes.
     """
     cs, cn = float(cs_lower), float(cn_lower)
     if cs + cn <= 0.5:
@@ -120,7 +122,7 @@ def dipole_radius_one(cs_lower: float, cn_lower: float, sigma: float, tol: float
     hi = 1.0
     while excess(hi) < 0.0:
         hi *= 2.0
-    return float(sigma * _bisect(excess, 0.0, hi, tol))
+    return float(sigma * max(_bisect(excess, 0.0, hi, tol), norm.ppf(cs + cn)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ certificate at a time on a small subset (it is slow) and its per-certificate thr
 ratio divides by. Errors are the largest absolute radius differences to the high-precision
 reference of :mod:`benchmarks.references` on a subset of the same inputs; ``over_reference`` is
 the largest amount by which a radius EXCEEDS the reference (soundness: should be <= ~1e-12).
+A first (compiling) call at the first size's batch shape gives ``first_call_small_batch_s`` (the
+compile time of that program), the smoothjax outputs on the reference subset and the per-input
+cost estimate that decides whether the larger sizes fit this mode's time budget.
 
 Input distributions (fixed seed): sigma = 0.25; probabilities uniform in the ranges below;
 gradient norms a uniform fraction of the largest possible gradient phi(Phi^-1(p)) / sigma; for
@@ -24,12 +27,13 @@ import numpy as np
 from scipy.special import ndtri
 
 from benchmarks import baselines, references
-from benchmarks.common import SkipCase, time_jax, time_per_item
+from benchmarks.common import SkipCase, spread, time_jax, time_per_item
 
 SIGMA = 0.25
 COHEN_N = 100_000
 ALPHA = 0.001
 LINF_DIM = 64
+MIN_TIME_S = 0.2  # cheap calls are repeated until they add up to this (at least `repeats` calls)
 
 
 def _max_grad(p):
@@ -139,6 +143,19 @@ TARGETS = {"sos": 1e4, "dipole": 1e3, "directional": 1e4, "l1": 1e4, "linf": 1e4
 THEOREM3 = ("directional", "l1", "linf")
 
 
+def _time_compiled(jitted, inputs, repeats):
+    """(spread of ``repeats`` calls of the compiled program, compile seconds); no warm-up call."""
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*inputs).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*inputs))
+        times.append(time.perf_counter() - t0)
+    return spread(times), compile_s
+
+
 def _errors(ours, base, ref):
     """Max |error| of ours / baseline vs reference on the common prefix, and the largest excess."""
     out = {}
@@ -176,17 +193,26 @@ def _run_one(name, config, log) -> list[dict]:
     small = _inputs(name, max(config["baseline_items"][name], config["reference_items"][name], 1), rng)
     cols = list(small.values())
     n_ref = config["reference_items"][name]
-    probe = [jnp.asarray(c[:max(n_ref, 1)]) for c in cols]
+    # The probe has the batch shape of the first size, so the program it compiles is the one that
+    # size is timed with (jit compiles once per shape; the Theorem 3 programs take seconds each).
+    # Its first n_ref entries are the reference subset; np.resize repeats them to fill the batch.
+    probe_size = config["sizes"][0]
+    probe = [jnp.asarray(np.resize(c, probe_size)) for c in cols]
     try:  # a library function may exist while what it calls does not yet
         t0 = time.perf_counter()
-        ours_small = np.asarray(ours(*probe))
+        ours_probe = np.asarray(ours(*probe))
         probe_first = time.perf_counter() - t0
     except (AttributeError, ImportError, NotImplementedError) as exc:
         raise SkipCase(f"library function fails for a missing dependency: {type(exc).__name__}: {exc}") from exc
     t0 = time.perf_counter()
     jax.block_until_ready(ours(*probe))  # second call: no compilation; estimates the cost per input
-    per_item_estimate = (time.perf_counter() - t0) / len(probe[0])
-    log(f"  {name}: first call {probe_first:.3g} s (compiles), then ~{per_item_estimate * 1e6:.3g} us/certificate")
+    per_item_estimate = (time.perf_counter() - t0) / probe_size
+    log(f"  {name}: first call at N={probe_size} {probe_first:.3g} s (compiles), "
+        f"then ~{per_item_estimate * 1e6:.3g} us/certificate")
+    if n_ref <= probe_size:
+        ours_small = ours_probe[:n_ref]
+    else:  # a reference subset larger than the first size (not in the shipped configs)
+        ours_small = np.asarray(ours(*[jnp.asarray(c[:n_ref]) for c in cols]))
 
     base_fn, base_note = BASELINES[name]
     n_base = config["baseline_items"][name]
@@ -204,8 +230,23 @@ def _run_one(name, config, log) -> list[dict]:
 
     rows = []
     budget = config["certificate_budget_s"]
+    large = config.get("theorem3_large")  # quick mode: one Theorem 3 row at the large size, one repeat
     for size in config["sizes"]:
-        estimate = per_item_estimate * size * (config["repeats"] + 1)
+        repeats = config["repeats"]
+        if large and name in THEOREM3 and size >= large["min_size"]:
+            if name not in large["names"]:
+                reason = (f"N={size} skipped: this mode times the Theorem 3 solver at N >= {large['min_size']} "
+                          f"through {', '.join(large['names'])} only (the l1 / linf radii are the same solve "
+                          f"after a closed-form input map; the full mode times them)")
+                log(f"  skip certificates/{name}: {reason}")
+                rows.append({"case": "certificates", "name": name, "size": size, "skipped": reason,
+                             "estimated_us_per_certificate": per_item_estimate * 1e6})
+                continue
+            repeats = large["repeats"]
+            aot = True
+        else:
+            aot = False
+        estimate = per_item_estimate * size * (repeats + (0 if aot else 1))
         if estimate > budget:
             reason = (f"N={size} skipped: estimated {estimate:.0f} s at {per_item_estimate * 1e6:.3g} us/certificate "
                       f"exceeds this mode's budget of {budget:.0f} s per size")
@@ -214,7 +255,10 @@ def _run_one(name, config, log) -> list[dict]:
                          "estimated_us_per_certificate": per_item_estimate * 1e6})
             continue
         inputs = [jnp.asarray(c) for c in _inputs(name, size, np.random.default_rng(size)).values()]
-        timing, first = time_jax(ours, *inputs, repeats=config["repeats"])
+        if aot:  # compile ahead of time instead of a warm-up call: a call takes seconds at this size
+            timing, first = _time_compiled(ours, inputs, repeats)
+        else:
+            timing, first = time_jax(ours, *inputs, repeats=repeats, min_time_s=MIN_TIME_S)
         rate = size / timing["median_s"]
         ratio = rate / base_rate
         row = {
@@ -224,7 +268,12 @@ def _run_one(name, config, log) -> list[dict]:
             "unit": "certificates/s",
             **timing,
             "first_call_s": first,
+            "first_call_note": ("ahead-of-time compilation only (jit(...).lower(...).compile()), no warm-up run"
+                                if aot else "first call of this size's inputs (compiles unless the probe did)"),
+            # first call of the probe at N = sizes[0]: the compilation of that size's program
+            # (first_call_s of that size then no longer compiles)
             "first_call_small_batch_s": probe_first,
+            "probe_batch": probe_size,
             "throughput": rate,
             "baseline": {
                 "description": base_note,

@@ -41,15 +41,21 @@ def spread(times) -> dict:
     }
 
 
-def time_jax(fn, *args, repeats: int = 3, warmup: int = 1) -> tuple[dict, float]:
-    """Time ``fn(*args)`` (a jitted function) after warm-up; returns (spread dict, first-call seconds)."""
+def time_jax(fn, *args, repeats: int = 3, warmup: int = 1, min_time_s: float = 0.0,
+             max_repeats: int = 1000) -> tuple[dict, float]:
+    """Time ``fn(*args)`` (a jitted function) after warm-up; returns (spread dict, first-call seconds).
+
+    At least ``repeats`` timed calls, and more (up to ``max_repeats``) until they add up to
+    ``min_time_s``: calls of a fraction of a millisecond need many repeats for a median that a
+    burst of load on a shared machine does not move.
+    """
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     first = time.perf_counter() - t0
     for _ in range(warmup - 1):
         jax.block_until_ready(fn(*args))
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or (sum(times) < min_time_s and len(times) < max_repeats):
         t0 = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)

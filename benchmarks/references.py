@@ -4,6 +4,8 @@
   (``scipy.special.betaincinv``, double precision), then sigma * Phi^-1 with mpmath at 30 digits.
 * SoS and dipole: the same equations as the baselines, solved with mpmath at 30 significant digits
   by 110-step bisection (bracket width 2^-110 of its start), independent of both implementations.
+  The dipole reference is the larger of Theorem 3's radius and Cohen's radius at cs + cn (both
+  valid certificates; smoothjax returns the larger).
 * Theorem 3 (directional, l1, linf): ``tests/theorem3_reference.py`` (owner B2; scipy adaptive
   quadrature, ~1e-12 on p_lower), imported by path; None when that file is absent.
 """
@@ -77,13 +79,22 @@ def sos_radius(p_lower, grad_norm_upper, sigma) -> float:
 
 
 def dipole_radius(cs_lower, cn_lower, sigma) -> float:
+    """max(second paper's Theorem 3 radius, Cohen's radius at cs + cn), both in mpmath.
+
+    g(x) = cs + cn >= cs_lower + cn_lower, so Cohen's radius sigma Phi^-1(cs + cn) is also a valid
+    certificate, and Theorem 3 alone can fall below it (e.g. cs = 0.5, cn = 0.3); the certified
+    dipole radius is the larger of the two (what ``smoothjax.dipole_radius`` documents).
+    """
     cs, cn = mp.mpf(float(cs_lower)), mp.mpf(float(cn_lower))
-    if cs + cn <= 0.5:
+    total = cs + cn  # exact: 30 digits hold the sum of two doubles
+    if total <= 0.5:
         return 0.0
     w_n = _ppf(cn)
     w_hi, w_lo = _ppf((1 + cs) / 2), _ppf((1 - cs) / 2)
     bound = lambda r: mp.ncdf(w_n - r) + mp.ncdf(w_hi - r) - mp.ncdf(w_lo - r)  # noqa: E731
-    return float(sigma * _radius_of(bound))
+    theorem3 = _radius_of(bound)
+    cohen = _ppf(total)
+    return float(sigma * max(theorem3, cohen))
 
 
 _THEOREM3 = None

@@ -146,7 +146,7 @@ def test_sos_reference_limits():
     assert references.sos_radius(p, 0.0, sigma) == pytest.approx(sigma * expect, rel=1e-10)
 
 
-@pytest.mark.parametrize("cs,cn", [(0.9, 0.05), (0.3, 0.5), (0.0, 0.8), (0.7, 0.0)], ids=str)
+@pytest.mark.parametrize("cs,cn", [(0.9, 0.05), (0.3, 0.5), (0.0, 0.8), (0.7, 0.0), (0.5, 0.3)], ids=str)
 def test_dipole_baseline_matches_mpmath(cs, cn):
     ref = references.dipole_radius(cs, cn, 0.25)
     assert baselines.dipole_radius_one(cs, cn, 0.25) == pytest.approx(ref, abs=1e-7)
@@ -154,6 +154,20 @@ def test_dipole_baseline_matches_mpmath(cs, cn):
 
 def test_dipole_with_no_symmetric_part_is_cohen():
     assert references.dipole_radius(0.0, 0.8, 0.25) == pytest.approx(0.25 * norm.ppf(0.8), rel=1e-12)
+
+
+@pytest.mark.parametrize("cs,cn", [(0.5, 0.3), (0.9, 0.05), (0.2, 0.45)], ids=str)
+def test_dipole_reference_is_max_of_theorem3_and_cohen(cs, cn):
+    """The certified dipole radius is max(Theorem 3, Cohen at cs + cn), like smoothjax.dipole_radius."""
+    from scipy.optimize import brentq
+
+    sigma = 0.25
+    w_n, w_hi, w_lo = norm.ppf(cn), norm.ppf((1 + cs) / 2), norm.ppf((1 - cs) / 2)
+    theorem3 = brentq(lambda r: norm.cdf(w_n - r) + norm.cdf(w_hi - r) - norm.cdf(w_lo - r) - 0.5, 0, 20, xtol=1e-14)
+    expect = sigma * max(theorem3, norm.ppf(cs + cn))
+    assert references.dipole_radius(cs, cn, sigma) == pytest.approx(expect, rel=1e-10)
+    if (cs, cn) == (0.5, 0.3):  # the documented case where Cohen's radius is the larger
+        assert norm.ppf(cs + cn) > theorem3 + 0.1
 
 
 @pytest.mark.parametrize("count", [40_000, 60_000, 99_990, 100_000], ids=str)
