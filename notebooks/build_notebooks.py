@@ -69,6 +69,7 @@ start = time.perf_counter()
 R = np.asarray(jax.jit(theorem3.directional_radius)(jnp.asarray(Q), jnp.asarray(m1), jnp.asarray(m2)))
 print(f"{R.size} directional radii in {time.perf_counter() - start:.1f} s")
 cohen = np.asarray(norm.ppf(np.asarray(y0s)))
+np.savez(FIG_DIR / "higher_order_fig1_radii.npz", y0s=y0s, nus=nus, phis=phis, R=R)  # checked by tests/test_notebooks.py
 ''',
     '''# Properties the paper lists (i-iii), checked on the computed radii:
 for i, q in enumerate(y0s):
@@ -77,11 +78,23 @@ for i, q in enumerate(y0s):
         finite = np.isfinite(r)
         # the first-order region contains the zeroth-order ball (a tiny solver slack allowed)
         assert np.all(r[finite] >= cohen[i] - 1e-6), (q, nu)
-        # Proposition 2: R_v is non-increasing in the angle between v and y1
-        assert np.all(np.diff(r[finite][::-1]) <= 1e-6 + 1e-6 * np.abs(r[finite][::-1][1:])), (q, nu)
-# with zero gradient the region is the zeroth-order ball (to solver accuracy)... no: m2 = 0 and m1 = 0
-# still constrain the solution (the sandwich worst case): R >= Phi^-1(q), isotropic
-print("R at nu = 0 (isotropic):", np.round(R[:, 0, [0, 45, 90]], 4), " Cohen:", np.round(cohen, 4))
+        # Proposition 2: R_v is non-increasing in the angle between v and y1. (A violation means
+        # directional_radius returned a sound but loose radius: an unconverged solve.)
+        rise = np.diff(r[::-1]) > 1e-6 + 1e-6 * np.abs(r[::-1][1:])   # (nu < 1: every r is finite)
+        assert not np.any(rise), f"y0 = {q}, nu = {nu}: R_v rises with the angle at {np.degrees(np.pi - phis[::-1][1:][rise]).round()} deg"
+# Zero gradient is not "no information": m1 = m2 = 0 still constrains the worst case, which is the
+# second paper's "sandwich" (Figure 3c), the slab |z_1| <= a with 2 Phi(a) - 1 = y0, the same in every
+# direction. Its radius solves Phi(a - r) - Phi(-a - r) = 1/2 (closed form + scipy root, independent of
+# smoothjax), slightly above Cohen's Phi^-1(y0).
+from scipy.optimize import brentq
+from scipy.stats import norm as snorm
+def slab_radius(q):
+    a = snorm.ppf((1 + q) / 2)
+    return brentq(lambda t: snorm.cdf(a - t) - snorm.cdf(-a - t) - 0.5, 0.0, 10.0, xtol=1e-14)
+slab = np.array([slab_radius(q) for q in y0s])
+print("R at nu = 0, directions 0/45/90 deg:", np.round(R[:, 0, [0, 45, 90]], 6))
+print("slab closed form:                   ", np.round(slab, 6), "  Cohen:", np.round(cohen, 6))
+assert np.max(np.abs(R[:, 0, :] - slab[:, None])) < 1e-6
 # Proposition 1: the region is convex. Turning direction of the boundary polygon (upper half plus
 # mirror) at every vertex; negative cross products would be dents.
 for i, q in enumerate(y0s):
@@ -175,10 +188,12 @@ save(fig, "second_order_fig1a_lower_bound")
 ''',
     '''ps = [0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 fig, ax = plt.subplots(figsize=(5.5, 3.8))
+curves = {}
 for k, pk in enumerate(ps):
     gmax = float(certificates.max_grad_norm(pk, sigma))
     g = np.linspace(0.0, gmax, 101)
     rad = np.asarray(certificates.sos_radius(jnp.full_like(g, pk), jnp.asarray(g), sigma))
+    curves[pk] = (g, rad)
     c = f"C{k}"
     ax.plot(g, rad, color=c, label=f"p = {pk}")
     ax.axhline(norm.ppf(pk) * sigma, color=c, ls="--", lw=0.9)
@@ -190,6 +205,9 @@ ax.set_title(r"(b) second-order (solid) vs first-order (dashed), $\\sigma = 1$")
 ax.legend(fontsize=8, ncol=2)
 fig.tight_layout()
 save(fig, "second_order_fig1b_radius_vs_gradient")
+# the plotted numbers, checked against closed forms by tests/test_notebooks.py
+np.savez(FIG_DIR / "second_order_fig1.npz", r=r, lower_grad0=lower_grad0, p=p, ps=ps,
+         grad=np.stack([curves[pk][0] for pk in ps]), radius=np.stack([curves[pk][1] for pk in ps]))
 ''',
     '''# The text: "at p_a(x) = 0.6, if the gradient norm is known to be zero, the certificate is slightly below
 # the certificate for p_a(x) = 0.8 with no gradient information". The tight value (slab worst case,
@@ -221,6 +239,9 @@ In the spirit of Levine et al.'s Figure 2: a 2-D, non-linearly separable Swiss R
 (`smoothjax.datasets.make_swiss_roll`; the inner class, blue, is wrapped by the outer class, red), a
 small MLP trained with Gaussian noise augmentation, and certificates for the test points.
 
+Sizes: n = 10^5 (certification) and 10^6 (idealised values) in this notebook; the CI test runs it with
+`SMOOTHJAX_NOTEBOOK_SIZE=ci`, which uses n = 2 x 10^4 and 2 x 10^5 (printed in the first cell).
+
 * Left: what `smoothjax.pipeline.certify` certifies with n = 10^5 samples and alpha = 0.001.
   Correct, certified points in light red/blue, others in black; for a selection of points, the
   Cohen radius is a dark ring and the SoS radius a light ring. The paper used N = 10^8: the
@@ -236,6 +257,11 @@ from jax.scipy.stats import norm as jnorm
 train = datasets.load_dataset("swissroll", "train")
 test = datasets.load_dataset("swissroll", "test")
 SIGMA = 0.25
+# SMOOTHJAX_NOTEBOOK_SIZE=ci (set by tests/test_notebooks.py) runs the same computation with fewer
+# Monte Carlo samples, to fit the CI time budget; the committed notebook and figure are the full size.
+SIZE = os.environ.get("SMOOTHJAX_NOTEBOOK_SIZE", "full")
+N_CERT, N_IDEAL = (100_000, 1_000_000) if SIZE != "ci" else (20_000, 200_000)
+print(f"size {SIZE!r}: certify with n = {N_CERT}, idealised p and grad p from {N_IDEAL} samples per point")
 start = time.perf_counter()
 run = training.train(train, sigma=SIGMA, config={"architecture": "mlp", "input_shape": [2], "num_classes": 2,
                      "hidden": [64, 64]}, epochs=150, batch_size=100, learning_rate=3e-3, seed=0)
@@ -243,11 +269,11 @@ print(f"trained in {time.perf_counter() - start:.1f} s; test accuracy {training.
       f" under noise {training.accuracy(run.apply_fn, run.params, test.x, test.y, sigma=SIGMA):.3f}")
 """,
     """start = time.perf_counter()
-res = pipeline.certify(run.apply_fn, run.params, test.x, jax.random.key(0), sigma=SIGMA, n0=100, n=100_000,
+res = pipeline.certify(run.apply_fn, run.params, test.x, jax.random.key(0), sigma=SIGMA, n0=100, n=N_CERT,
                        alpha=0.001, batch_size=5000, methods=("cohen_l2", "sos_l2"))
 cohen = np.asarray(res.radii["cohen_l2"]); sos = np.asarray(res.radii["sos_l2"])
 pred = np.asarray(res.prediction)
-print(f"certified {len(test)} points with n = 1e5 in {time.perf_counter() - start:.1f} s")
+print(f"certified {len(test)} points with n = {N_CERT} in {time.perf_counter() - start:.1f} s")
 good = (pred == test.y) & (cohen > 0)
 print(f"certified accuracy at r=0: {good.mean():.3f};  mean Cohen radius {cohen[good].mean():.4f}, mean SoS radius {sos[good].mean():.4f}")
 gain = sos - cohen
@@ -267,7 +293,7 @@ for c in (0, 1):
     chosen += far + list(rng.choice(np.setdiff1d(idx, far), 5, replace=False))
 chosen = np.array(chosen)
 
-NUM, CHUNK = 1_000_000, 20_000
+NUM, CHUNK = N_IDEAL, 20_000
 def smoothed_value_and_gradient(x, c, key):
     # p = P[f(x + e) = c] and grad p = E[e 1{f(x + e) = c}] / sigma^2 (Stein), from NUM samples
     def body(i):
@@ -289,14 +315,16 @@ for c in (0, 1):
     print(f"class {c} ({'inner, blue' if c else 'outer, red'}): idealised SoS / Cohen radius "
           f"{np.round(ideal_sos[sel] / ideal_cohen[sel], 3)}")
 assert np.all(ideal_sos >= ideal_cohen - 1e-9)
+np.savez(FIG_DIR / "swiss_roll_radii.npz", sigma=SIGMA, n=N_CERT, alpha=0.001, label=test.y, prediction=pred,
+         cohen=cohen, sos=sos, chosen=chosen, p_hat=p_hat, grad_norm=gnorm, ideal_cohen=ideal_cohen, ideal_sos=ideal_sos)
 """,
     """colors = {0: ("#d62728", "#f4a6a6"), 1: ("#1f77b4", "#a6c8f0")}
 g = np.linspace(-1.25, 1.25, 200)
 XX, YY = np.meshgrid(g, g)
 logits = np.asarray(run.apply_fn(run.params, np.stack([XX.ravel(), YY.ravel()], 1).astype(np.float32)))
 fig, axes = plt.subplots(1, 2, figsize=(13, 6.5))
-for ax, (rc, rs, title) in zip(axes, [(cohen[chosen], sos[chosen], "certified, n = 1e5, alpha = 0.001"),
-                                     (ideal_cohen, ideal_sos, "idealised: p, grad p from 1e6 samples, no confidence bound")]):
+for ax, (rc, rs, title) in zip(axes, [(cohen[chosen], sos[chosen], f"certified, n = {N_CERT:.0e}, alpha = 0.001"),
+                                     (ideal_cohen, ideal_sos, f"idealised: p, grad p from {N_IDEAL:.0e} samples, no confidence bound")]):
     ax.contourf(XX, YY, logits.argmax(1).reshape(XX.shape), levels=[-0.5, 0.5, 1.5], colors=["#fde0e0", "#e0ecfb"], alpha=0.6)
     for c in (0, 1):
         sel = good & (test.y == c)

@@ -31,9 +31,11 @@ cells = [
         "configuration; the full one is `python experiments/certificate_training.py`."
     ),
     new_code_cell(
-        "import sys, pathlib, time\n"
+        "import os, sys, pathlib, time\n"
         "root = pathlib.Path.cwd()\n"
         "root = root if (root / 'experiments').is_dir() else root.parent\n"
+        "# results, TSVs and the figure go to $SMOOTHJAX_FIGURES/certificate_training (default notebooks/figures)\n"
+        "FIG_DIR = pathlib.Path(os.environ.get('SMOOTHJAX_FIGURES', root / 'notebooks' / 'figures'))\n"
         "sys.path.insert(0, str(root / 'experiments'))\n"
         "import certificate_training as exp\n"
         "cfg = exp.CONFIGS['small']\n"
@@ -41,7 +43,7 @@ cells = [
     ),
     new_code_cell(
         "start = time.perf_counter()\n"
-        "results = exp.run(cfg, out=str(root / 'notebooks' / 'figures' / 'certificate_training'))\n"
+        "results = exp.run(cfg, out=str(FIG_DIR / 'certificate_training'))\n"
         "print(f'total {time.perf_counter() - start:.0f} s')"
     ),
     new_markdown_cell("Certified accuracy at radii 0 / 0.25 / 0.5 / 0.75 (input units) and the average certified radius (ACR):"),

@@ -117,7 +117,7 @@ _RADIUS_ITERS = 30
 # Budget of Newton evaluations (moments) for one radius, all r-steps together. Batched (vmap) the
 # slowest lane sets the cost of the whole batch; typical radii take 10-25 (benchmarks/). A lane
 # out of budget returns the largest certified r seen, flagged not converged.
-_RADIUS_STEPS = 60
+_RADIUS_STEPS = 120
 _STEP_SCALE = jnp.array([1.0, 3.0, 3.0])  # |dA|, 3|dB|, 3|d eps|: shifts of the curve over |x| <= 3
 _FAR = 40.0  # |x| beyond which Phi(x) is exactly 0 or 1 in float64
 # Absolute error allowed per quadrature integral I_i in the dual value (the panel rule errs by a
@@ -935,8 +935,9 @@ def directional_radius(q, m1, m2):
     few ulps; the dual value already carries a quadrature allowance scaled by the multipliers) and
     R_MARGIN = 1e-10 relative is taken off. Very near the arc (max(m1,0)^2 + m2^2 within ~1e-4 of
     M^2, where the multipliers exceed 1e6) or for q within ~1e-5 of 1 the solve may not converge
-    within its budget; the radius returned there is the largest certified one found (never below
-    Cohen's Phi^-1(q)), sound but possibly loose. l2 case (Corollary 3.1): m1 = -sigma ||grad g||,
+    within its budget of moment evaluations (_RADIUS_STEPS; radii near the arc with m1 > 0 are
+    large and take the most, e.g. 0.98 M^2 needs up to ~80); the radius returned there is the
+    largest certified one found (never below Cohen's Phi^-1(q)), sound but possibly loose. l2 case (Corollary 3.1): m1 = -sigma ||grad g||,
     m2 = 0 gives the SoS radius / sigma; m1 = -M, m2 = 0 gives Cohen's Phi^-1(q).
 
     Differentiable (first order) by the implicit function theorem:

@@ -261,6 +261,22 @@ def test_near_arc_radius_is_finite_and_at_least_cohen():
     assert np.all(R >= cohen * (1 - 1e-9))
 
 
+def test_large_radii_toward_the_gradient_converge_and_follow_proposition_2():
+    """|grad| = 0.99 M at q = 0.6: radii up to ~3 toward the gradient (m1 > 0) need ~80 moment
+    evaluations; they must converge, decrease as v turns away (Proposition 2) and match the reference."""
+    q = 0.6
+    G = 0.99 * _M(q)
+    angles = np.linspace(0.0, np.pi, 13)
+    sol = jax.jit(jax.vmap(smoothjax.theorem3._radius_core))(np.full(13, q), G * np.cos(angles), G * np.sin(angles))
+    R = np.asarray(sol["R"])
+    assert np.all(np.asarray(sol["converged"]))
+    assert np.all(np.diff(R) <= 1e-12)
+    assert np.all(R >= norm.ppf(q))
+    ref = theorem3_reference.reference_directional_radius(q, G * math.cos(angles[2]), G * math.sin(angles[2]))
+    ours = float(directional_radius(q, G * math.cos(angles[2]), G * math.sin(angles[2])))
+    assert (ref - ours) / ref <= R_REL_TOL and (ours - ref) / ref <= OVER_TOL
+
+
 @pytest.mark.slow
 def test_near_arc_radius_is_certified_by_the_reference():
     q, m1, m2 = _near_arc_inputs()
