@@ -920,7 +920,10 @@ def _directional_radius_jvp(primals, tangents):
     dm2_eff = jnp.where(as_float(m2) >= 0, dm2, 0.0)
     dp = lam[..., 0] * dq + lam[..., 1] * dm1 + lam[..., 2] * dm2_eff
     # Implicit function theorem on p_lower(R; q, m1, m2) = 1/2.
-    tangent = jnp.where(out["special"], 0.0, -dp / jnp.where(Pr < 0, Pr, -1.0))
+    # An unconverged lane returns a certified iterate, not the crossing: no implicit derivative
+    # exists there, and the radius is held fixed (zero tangent) rather than given a wrong slope.
+    fixed = out["special"] | ~out["converged"]
+    tangent = jnp.where(fixed, 0.0, -dp / jnp.where(Pr < 0, Pr, -1.0))
     return R, tangent
 
 
@@ -941,7 +944,8 @@ def directional_radius(q, m1, m2):
     m2 = 0 gives the SoS radius / sigma; m1 = -M, m2 = 0 gives Cohen's Phi^-1(q).
 
     Differentiable (first order) by the implicit function theorem:
-    dR/dtheta = -(dp/dtheta) / (dp/dr) with dp/d(q, m1, m2) = lam. Broadcasts; outside jit
+    dR/dtheta = -(dp/dtheta) / (dp/dr) with dp/d(q, m1, m2) = lam (zero where the radius is a
+    closed form or an unconverged solve's certified fallback). Broadcasts; outside jit
     infeasible input raises ValueError, inside jit it gives NaN.
     """
     _check_inputs(q, m1, m2)
