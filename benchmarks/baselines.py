@@ -53,10 +53,11 @@ def cohen_certify_one(count: int, n: int, alpha: float, sigma: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _bisect(fn, lo: float, hi: float, tol: float, max_iter: int = 200) -> float:
-    """Bisection for an increasing ``fn`` with fn(lo) <= 0 <= fn(hi); returns the midpoint at tol."""
+def _bisect(fn, lo: float, hi: float, tol: float, max_iter: int = 200, relative: bool = False) -> float:
+    """Bisection for an increasing ``fn`` with fn(lo) <= 0 <= fn(hi); returns the midpoint once the
+    bracket is at most tol wide (tol * max(1, |midpoint|) when ``relative``)."""
     for _ in range(max_iter):
-        if hi - lo <= tol:
+        if hi - lo <= tol * (max(1.0, abs(0.5 * (lo + hi))) if relative else 1.0):
             break
         mid = 0.5 * (lo + hi)
         if fn(mid) <= 0.0:
@@ -156,15 +157,7 @@ def _bisect_rel(fn, lo: float, hi: float, tol: float = THEOREM3_TOL, max_iter: i
     The relative stop keeps the work bounded when the coefficients are large (they grow like
     1/m2); it is also where the reference solver loses accuracy (radii a few percent small).
     """
-    for _ in range(max_iter):
-        if hi - lo <= tol * max(1.0, abs(0.5 * (lo + hi))):
-            break
-        mid = 0.5 * (lo + hi)
-        if fn(mid) <= 0.0:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    return _bisect(fn, lo, hi, tol, max_iter, relative=True)
 
 
 class _Theorem3System:

@@ -282,6 +282,25 @@ def _left_root(T, B, r, eps, x_L, H_L):
 # the integrals
 
 
+def _y_piece(wy, y, lo, hi, xb, slope, r):
+    """A piece integrated over y (weights wy = quadrature weight x phi(y)) with x from lo(y) to
+    hi(y) done in closed form; xb(y) is the moving end on the curve and slope = |g'(xb)| >= eps.
+
+    Returns (I, J, Jr, P, Pr) of the piece, as in :func:`_moments`; the Jacobians are the line
+    integrals along the curve with the co-area weight phi(xb) / slope and u = (1, xb, y).
+    """
+    d0 = _Phi(hi) - _Phi(lo)
+    d1 = _phi(lo) - _phi(hi)
+    I = jnp.stack([jnp.sum(wy * d0), jnp.sum(wy * d1), jnp.sum(wy * y * d0)])
+    u = jnp.stack([jnp.ones_like(xb), xb, y])
+    line = wy * _phi(xb) / jnp.where(slope > 0, slope, 1.0)
+    J = jnp.einsum("k,ik,jk->ij", line, u, u)
+    Jr = jnp.einsum("k,ik,k->i", line, u, -_dh_dr(xb, r))
+    P = jnp.sum(wy * (_Phi(hi - r) - _Phi(lo - r)))
+    Pr = jnp.sum(wy * (_phi(lo - r) - _phi(hi - r)))
+    return I, J, Jr, P, Pr
+
+
 def _moments(theta, r, n=NODES_PER_PANEL):
     """Integrals over F = 1{A + B X - h(X) + eps Y > 0} for scalar theta = (A, B, eps) and r.
 
@@ -309,9 +328,6 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     H_R = A - g_R  # h(x_R) - B x_R
     H_L = A - g_L
 
-    def u_outer(x, y):
-        return jnp.stack([jnp.ones_like(x), x, y])
-
     # --- middle piece: x in [x_L, x_R], |b'| <= 1, integrate over x
     lo = jnp.where(pos, x_L, x_R)
     xm, wm = gaussian_panel_rule(lo, x_R, nodes_per_panel=n)
@@ -320,7 +336,7 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     phic = _phi(cm)
     wphi = wm * _phi(xm)
     I_mid = jnp.stack([jnp.sum(wphi * Phic), jnp.sum(wphi * xm * Phic), jnp.sum(wphi * phic)])
-    um = u_outer(xm, -cm)
+    um = jnp.stack([jnp.ones_like(xm), xm, -cm])
     J_mid = jnp.einsum("k,ik,jk->ij", wphi * phic / eps_s, um, um)
     Jr_mid = jnp.einsum("k,ik,k->i", wphi * phic / eps_s, um, -_dh_dr(xm, r))
     xp, wp = gaussian_panel_rule(lo - r, x_R - r, nodes_per_panel=n)
@@ -334,19 +350,8 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     yr, wr = gaussian_panel_rule(y_R, jnp.inf, nodes_per_panel=n)
     T_r = A + eps * yr
     x2 = _right_root(T_r, B, r, eps, x_R, H_R)
-    wy = wr * _phi(yr)
-    d0 = _Phi(x2) - _Phi(x_R)
-    d1 = _phi(x_R) - _phi(x2)
-    dP = _Phi(x2 - r) - _Phi(x_R - r)
-    dPr = _phi(x_R - r) - _phi(x2 - r)
     slope2 = jnp.maximum(_dh(x2, r) - B, eps)  # |g'(x2)| >= eps
-    slope2 = jnp.where(slope2 > 0, slope2, 1.0)
-    I_right = jnp.stack([jnp.sum(wy * d0), jnp.sum(wy * d1), jnp.sum(wy * yr * d0)])
-    ur = u_outer(x2, yr)
-    J_right = jnp.einsum("k,ik,jk->ij", wy * _phi(x2) / slope2, ur, ur)
-    Jr_right = jnp.einsum("k,ik,k->i", wy * _phi(x2) / slope2, ur, -_dh_dr(x2, r))
-    P_right = jnp.sum(wy * dP)
-    Pr_right = jnp.sum(wy * dPr)
+    right = _y_piece(wr * _phi(yr), yr, x_R, x2, x2, slope2, r)
 
     # --- left piece (only when h' - B reaches -eps): x from x1(y) to x_L
     y_L = jnp.where(pos, -g_L / eps_s, jnp.where(g_L > 0, -jnp.inf, jnp.inf))
@@ -355,25 +360,11 @@ def _moments(theta, r, n=NODES_PER_PANEL):
     T_l = A + eps * yl
     x1 = _left_root(T_l, B, r, eps, x_Lf, H_L)
     x1 = jnp.where(jnp.isfinite(x1), x1, -2.0 * WINDOW - 1.0)
-    wyl = wl * _phi(yl)
-    e0 = _Phi(x_Lf) - _Phi(x1)
-    e1 = _phi(x1) - _phi(x_Lf)
-    eP = _Phi(x_Lf - r) - _Phi(x1 - r)
-    ePr = _phi(x1 - r) - _phi(x_Lf - r)
     slope1 = jnp.maximum(B - _dh(x1, r), eps)
-    slope1 = jnp.where(slope1 > 0, slope1, 1.0)
-    I_left = jnp.stack([jnp.sum(wyl * e0), jnp.sum(wyl * e1), jnp.sum(wyl * yl * e0)])
-    ul = u_outer(x1, yl)
-    J_left = jnp.einsum("k,ik,jk->ij", wyl * _phi(x1) / slope1, ul, ul)
-    Jr_left = jnp.einsum("k,ik,k->i", wyl * _phi(x1) / slope1, ul, -_dh_dr(x1, r))
-    P_left = jnp.sum(wyl * eP)
-    Pr_left = jnp.sum(wyl * ePr)
+    left = _y_piece(wl * _phi(yl), yl, x1, x_Lf, x1, slope1, r)
 
-    I = I_mid + I_right + I_left
-    J = J_mid + J_right + J_left
-    P = P_mid + P_right + P_left
-    Pr = Pr_mid + Pr_right + Pr_left
-    Jr = Jr_mid + Jr_right + Jr_left
+    mid = (I_mid, J_mid, Jr_mid, P_mid, Pr_mid)
+    I, J, Jr, P, Pr = (a + b + c for a, b, c in zip(mid, right, left))
     return I, P, Pr, J, Jr
 
 
