@@ -270,7 +270,7 @@ def test_large_radii_toward_the_gradient_converge_and_follow_proposition_2():
     q = 0.6
     G = 0.99 * _M(q)
     angles = np.linspace(0.0, np.pi, 13)
-    sol = jax.jit(jax.vmap(smoothjax.theorem3._radius_core))(np.full(13, q), G * np.cos(angles), G * np.sin(angles))
+    sol = jax.jit(smoothjax.theorem3._radius_batch)(np.full(13, q), G * np.cos(angles), G * np.sin(angles))
     R = np.asarray(sol["R"])
     assert np.all(np.asarray(sol["converged"]))
     assert np.all(np.diff(R) <= 1e-12)
