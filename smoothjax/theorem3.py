@@ -116,7 +116,7 @@ _NEWTON_ITERS = 40
 _ROOT_ITERS = 4
 _RES_TOL = 1e-13  # max |residual| at which Newton stops
 _CONVERGED_TOL = 1e-11  # max |residual| reported as converged
-_RADIUS_ITERS = 30
+_RADIUS_ITERS = 60
 # Budget of Newton evaluations (moments) for one radius, all r-steps together; typical radii take
 # 6-12 (see _slot_step). A radius out of budget returns the largest certified r seen, flagged not
 # converged.
