@@ -118,7 +118,7 @@ _RES_TOL = 1e-13  # max |residual| at which Newton stops
 _CONVERGED_TOL = 1e-11  # max |residual| reported as converged
 _RADIUS_ITERS = 60
 # Budget of Newton evaluations (moments) for one radius, all r-steps together; typical radii take
-# 6-12 (see _slot_step). A radius out of budget returns the largest certified r seen, flagged not
+# 5-12 (see _slot_step). A radius out of budget returns the largest certified r seen, flagged not
 # converged.
 _RADIUS_STEPS = 120
 _STEP_SCALE = jnp.array([1.0, 3.0, 3.0])  # |dA|, 3|dB|, 3|d eps|: shifts of the curve over |x| <= 3
@@ -779,13 +779,50 @@ def _radius_setup(q, m1, m2):
                 Pr_special=jnp.where(cohen, -_INV_SQRT_2PI, 0.0))
 
 
-def _slot_init(qs, m1s, m2s, edges):
-    """Slot state at the start of a radius problem: r at Cohen's radius, a fresh inner solve."""
+def _band_radius(q, m1, edges, iters=8):
+    """Radius of the m2 = 0 problem and a certified lower end for the directional radius.
+
+    The band [x1, x2] (:func:`_band_edges`) is the m2 = 0 solution; its value at r is
+    Phi(x2 - r) - Phi(x1 - r). Newton on Phi^-1 of it (iters steps from Cohen's radius) gives
+    r_band, where the solve for r starts. Adding the m2 constraint can only raise p_lower, and weak
+    duality makes this exact whatever the accuracy of the edges: with (lam0, lam1) the chord of
+    w(x) = exp(r x - r^2/2) through x1, x2 (both > 0, since 0 lies inside a band of mass q > 1/2),
+
+        p_lower(r; q, m1, m2) >= lam0 (q - q') + lam1 (m1 - m1') + Phi(x2 - r) - Phi(x1 - r)
+
+    with q' = Phi(x2) - Phi(x1), m1' = phi(x1) - phi(x2) the band's own mass and moment. Returns
+    (r_band, lo): lo = r_band (1 - 1e-9) when that bound exceeds 1/2 + 1e-13 there (a radius
+    certified without a moments evaluation), else Cohen's radius.
+    """
+    x1, x2 = edges[0], edges[1]
+    cohen = jnp.maximum(ndtri(q), 0.0)
+
+    def body(_, r):
+        p = _Phi(x2 - r) - _Phi(x1 - r)
+        dp = _phi(x1 - r) - _phi(x2 - r)
+        z = ndtri(jnp.clip(p, 1e-300, 1.0 - 1e-16))
+        step = -z * _phi(z) / jnp.where(dp < 0, dp, -1.0)
+        return jnp.where(dp < 0, jnp.clip(r + step, 0.5 * r, 2.0 * r + 0.25), 2.0 * r + 0.25)
+
+    r = jnp.maximum(lax.fori_loop(0, iters, body, cohen), cohen)
+    r_lo = r * (1.0 - 1e-9)
+    w1 = jnp.exp(r_lo * x1 - 0.5 * r_lo * r_lo)
+    w2 = jnp.exp(r_lo * x2 - 0.5 * r_lo * r_lo)
+    lam1 = (w2 - w1) / (x2 - x1)
+    lam0 = w1 - lam1 * x1
+    bound = (lam0 * (q - (_Phi(x2) - _Phi(x1))) + lam1 * (m1 - (_phi(x1) - _phi(x2)))
+             + _Phi(x2 - r_lo) - _Phi(x1 - r_lo))
+    ok = (bound >= 0.5 + 1e-13) & (lam0 >= 0) & (lam1 >= 0) & jnp.isfinite(bound)
+    return r, jnp.where(ok, jnp.maximum(r_lo, cohen), cohen)
+
+
+def _slot_init(qs, m1s, m2s, edges, r_start, lo):
+    """Slot state at the start of a radius problem: r at the m2 = 0 band's radius r_start, the
+    bracket's lower end at lo (both from :func:`_band_radius`), a fresh inner solve."""
     dtype = float_dtype()
-    # Cohen's radius is certified without a solve: Theorem 3 minimises over a subset of the
-    # classifiers Cohen's bound ranges over, so p_lower(cohen) >= Phi(Phi^-1(q) - cohen) = 1/2.
-    cohen = jnp.maximum(ndtri(qs), 0.0)
-    r0 = jnp.maximum(cohen, 1e-6)
+    # The solve starts at the radius of the m2 = 0 band, r_start, with lo (certified without a
+    # solve, see _band_radius) as the lower end of the bracket.
+    r0 = jnp.maximum(r_start, 1e-6)
     th0 = _start(qs, m1s, m2s, r0)
     zero_ = jnp.zeros((), dtype)
     sol0 = dict(p=zero_, lam=jnp.zeros(3, dtype), Pr=zero_, theta=th0, use_fb=th0[1] <= _b_min(r0),
@@ -793,7 +830,7 @@ def _slot_init(qs, m1s, m2s, edges):
                 rhs=jnp.zeros(3, dtype), Jr=jnp.zeros(3, dtype))
     b = jnp.stack([qs, m1s, m2s])
     return dict(
-        b=b, edges=edges, r=r0, sol=sol0, lo=cohen, hi=jnp.asarray(jnp.inf, dtype), rdone=jnp.asarray(False),
+        b=b, edges=edges, r=r0, sol=sol0, lo=lo, hi=jnp.asarray(jnp.inf, dtype), rdone=jnp.asarray(False),
         rit=jnp.zeros((), jnp.int32), steps=jnp.zeros((), jnp.int32), tol=_FIRST_TOL * _max_grad(qs),
         inner=_newton_init(th0, sol0["use_fb"], r0, m2s <= 0),
     )
@@ -810,8 +847,10 @@ def _r_update(r, sol, lo, hi):
     # G is exactly linear for Cohen's half-space and close to linear in general; G' = Pr / phi(G).
     z = ndtri(jnp.clip(p, 1e-300, 1.0 - 1e-16))
     newton = r - z * _phi(z) / jnp.where(Pr < 0, Pr, -1.0)
-    # (closed bracket: when Newton no longer moves r, r itself is the answer)
-    ok = (Pr < 0) & (newton >= lo) & (newton <= hi) & jnp.isfinite(newton)
+    # (closed bracket: when Newton no longer moves r, r itself is the answer). A step below the
+    # certified lo (from a loose solve, whose p is low) stops at lo.
+    ok = (Pr < 0) & (newton <= hi) & jnp.isfinite(newton)
+    newton = jnp.maximum(newton, lo)
     # Without an upper end yet, r at most doubles (plus 1/4) per step: near the top of p(r)
     # (Pr ~ 0, possible when m1 > 0) a Newton step would shoot far into p ~ 0.
     grow = 2.0 * r + 0.25
@@ -900,10 +939,11 @@ def _radius_batch(q, m1, m2, slots=_SLOTS):
     width = max(1, min(n, slots))
     # the band edges take a short root solve: once per radius, not once per slot step
     edges = jax.vmap(_band_edges)(pre["qs"], pre["m1s"])
+    r_start, lo = jax.vmap(_band_radius)(pre["qs"], pre["m1s"], edges)
 
     def load(k):
         j = order[jnp.clip(k, 0, n - 1)]
-        return jax.vmap(_slot_init)(pre["qs"][j], pre["m1s"][j], pre["m2s"][j], edges[j]), j
+        return jax.vmap(_slot_init)(pre["qs"][j], pre["m1s"][j], pre["m2s"][j], edges[j], r_start[j], lo[j]), j
 
     state, idx = load(jnp.arange(width))
     active = jnp.arange(width) < n_work

@@ -151,6 +151,21 @@ def test_cohen_corner_is_exact_with_its_gradient(q):
                 norm.pdf(z - r) / M, rel=1e-12)
 
 
+@pytest.mark.parametrize("q,m1f,m2f", [(0.56, 0.35, 0.19), (0.87, -0.02, 0.51), (0.99, 0.64, 0.12), (0.66, -0.38, 0.01)])
+def test_band_lower_end_is_certified_by_the_reference(q, m1f, m2f):
+    """The radius solve starts at the m2 = 0 band's radius and takes as certified lower end the
+    point where a weak-duality bound of the band exceeds 1/2: the reference p_lower there (with
+    the m2 constraint, and without it) is >= 1/2, and the band radius is the m2 = 0 radius."""
+    q, m1, m2 = _point(q, m1f, m2f)
+    edges = smoothjax.theorem3._band_edges(q, m1)
+    r_band, lo = (float(x) for x in smoothjax.theorem3._band_radius(q, m1, edges))
+    assert lo > norm.ppf(q)  # the band improved on Cohen's lower end
+    assert theorem3_reference.reference_p_lower(lo, q, m1, 0.0) >= 0.5
+    assert theorem3_reference.reference_p_lower(lo, q, m1, m2) >= 0.5
+    R0 = float(directional_radius(q, m1, 0.0))
+    assert abs(r_band - R0) <= 1e-8 * R0 and lo <= R0
+
+
 def _benchmark_like(size, seed=0):
     """(q, m1, m2) as in benchmarks/case_certificates.py's directional case."""
     rng = np.random.default_rng(seed)
