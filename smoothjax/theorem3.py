@@ -951,7 +951,8 @@ def _radius_batch(q, m1, m2, slots=_SLOTS):
     state, idx = load(jnp.arange(width))
     active = jnp.arange(width) < n_work
     out = dict(R=jnp.zeros(n, dtype), lam=jnp.zeros((n, 3), dtype), Pr=jnp.zeros(n, dtype),
-               converged=jnp.zeros(n, bool), num_steps=jnp.zeros(n, jnp.int32), evaluations=jnp.zeros(n, jnp.int32))
+               converged=jnp.zeros(n, bool), num_steps=jnp.zeros(n, jnp.int32),
+               evaluations=jnp.zeros(n, jnp.int32))
 
     def body(c):
         state, idx, active, nxt, out = c
@@ -1172,26 +1173,28 @@ def directional_radius(q, m1, m2):
 
     The r >= 0 where theorem3_p_lower(r, q, m1, m2) crosses 1/2 (multiply by sigma for input
     units). 0 when q <= 1/2; +inf when m2 = M (p stays q) or (m1 > 0 on the arc, a half-space
-    that never drops below q). Solved by safeguarded Newton on Phi^-1(p_lower(r)) with a bracket
-    and predicted, warm-started inner solves (see ``_slot_step``), and returned on the safe side:
-    the certified p_lower at the returned radius is >= 1/2 (up to a first-order correction of at
-    most 1e-10 relative; the dual value already carries a quadrature allowance scaled by the
-    multipliers) and R_MARGIN = 1e-10 relative is taken off. Very near the arc (max(m1,0)^2 + m2^2 within ~1e-4 of
-    M^2, where the multipliers exceed 1e6) or for q within ~1e-5 of 1 the solve may not converge
-    within its budget of moment evaluations (_RADIUS_STEPS; radii near the arc with m1 > 0 are
-    large and take the most, e.g. 0.98 M^2 needs up to ~80); the radius returned there is the
-    largest certified one found (never below Cohen's Phi^-1(q)), sound but possibly loose. l2
-    case (Corollary 3.1): m1 = -sigma ||grad g||, m2 = 0 gives the SoS radius / sigma; m1 = -M
-    (or below), m2 = 0 gives Cohen's Phi^-1(q), returned in closed form.
+    that never drops below q). Solved by safeguarded Newton on Phi^-1(p_lower(r)) from the radius
+    of the m2 = 0 band, with a bracket and predicted, warm-started inner solves (see
+    ``_slot_step``), and returned on the safe side: the certified p_lower at the returned radius is
+    >= 1/2 (up to a first-order correction of at most 1e-10 relative; the dual value already
+    carries a quadrature allowance scaled by the multipliers) and R_MARGIN = 1e-10 relative is
+    taken off. Very near the arc (max(m1,0)^2 + m2^2 within ~1e-4 of M^2, where the multipliers
+    exceed 1e6) or for q within ~1e-5 of 1 the solve may not converge within its budget of
+    moment evaluations (_RADIUS_STEPS; radii near the arc with m1 > 0 are large and take the
+    most, e.g. |grad| = 0.99 M at q = 0.6 takes up to 17); the radius returned there is the
+    largest certified one found (never below Cohen's Phi^-1(q), and usually not below the m2 = 0
+    band's radius, certified by weak duality), sound but possibly loose. l2 case (Corollary 3.1):
+    m1 = -sigma ||grad g||, m2 = 0 gives the SoS radius / sigma; m1 = -M (or below), m2 = 0 gives
+    Cohen's Phi^-1(q), returned in closed form.
 
     Batched, the radii are solved by a fixed number of slots that take the next problem as soon as
     theirs is done (see ``_radius_batch``), so a batch costs about the mean number of moment
-    evaluations per radius, not the slowest radius's.
+    evaluations per radius (~7 on the benchmark's inputs), not the slowest radius's.
 
     Differentiable (first order) by the implicit function theorem:
     dR/dtheta = -(dp/dtheta) / (dp/dr) with dp/d(q, m1, m2) = lam (zero where the radius is 0,
-    infinite, or an unconverged solve's certified fallback; 1 / M in q for Cohen's closed form). Broadcasts; outside jit
-    infeasible input raises ValueError, inside jit it gives NaN.
+    infinite, or an unconverged solve's certified fallback; 1 / M in q for Cohen's closed form).
+    Broadcasts; outside jit infeasible input raises ValueError, inside jit it gives NaN.
     """
     _check_inputs(q, m1, m2)
     return _directional_radius_jit(*(as_float(a) for a in (q, m1, m2)))

@@ -334,8 +334,9 @@ def test_near_arc_radius_is_finite_and_at_least_cohen():
 
 
 def test_large_radii_toward_the_gradient_converge_and_follow_proposition_2():
-    """|grad| = 0.99 M at q = 0.6: radii up to ~3 toward the gradient (m1 > 0) need ~80 moment
-    evaluations; they must converge, decrease as v turns away (Proposition 2) and match the reference."""
+    """|grad| = 0.99 M at q = 0.6: radii up to ~3 toward the gradient (m1 > 0) took ~80 moment
+    evaluations before the slot machine (17 now); they must converge, decrease as v turns away
+    (Proposition 2) and match the reference."""
     q = 0.6
     G = 0.99 * _M(q)
     angles = np.linspace(0.0, np.pi, 13)
