@@ -610,9 +610,9 @@ def _solve_theta(r, q, m1, m2, theta0, fallback0, edges, max_iter=_NEWTON_ITERS,
     convergence). When the branch has converged (or stalled), its KKT conditions are checked: the
     fallback needs E[X F] >= m1 (res1 <= 0), the three-equation solution B > -2/r; if they fail the
     other branch is solved from the current point (at most twice; the three-equation branch also
-    hands over as soon as an accepted step is pinned at B = -2/r). One moments evaluation per
-    iteration (:func:`_newton_body`) keeps the compiled program small. Returns (state, fallback,
-    iterations).
+    hands over as soon as an accepted step is pinned at B = -2/r; it restarts from the (q, m1) band
+    whose ``edges`` :func:`_band_edges` gives). One moments evaluation per iteration
+    (:func:`_newton_body`) keeps the compiled program small. Returns (state, fallback, iterations).
     """
     b = jnp.stack([q, m1, m2])
     c = _newton_init(theta0, fallback0, r, m2 <= 0)
