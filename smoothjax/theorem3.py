@@ -814,7 +814,15 @@ def _band_radius(q, m1, edges, iters=8):
     bound = (lam0 * (q - (_Phi(x2) - _Phi(x1))) + lam1 * (m1 - (_phi(x1) - _phi(x2)))
              + _Phi(x2 - r_lo) - _Phi(x1 - r_lo))
     ok = (bound >= 0.5 + 1e-13) & (lam0 >= 0) & (lam1 >= 0) & jnp.isfinite(bound)
-    return r, jnp.where(ok, jnp.maximum(r_lo, cohen), cohen)
+    lo = jnp.where(ok, jnp.maximum(r_lo, cohen), cohen)
+    # With m2 = 0 the band IS the solution: when its edges meet (q, m1) and r its crossing to
+    # rounding, lo is the radius (1e-9 relative below the crossing), with multipliers (lam0, lam1)
+    # and dp/dr = phi(x1 - r) - phi(x2 - r) for the implicit-function derivative.
+    p_r = _Phi(x2 - r) - _Phi(x1 - r)
+    exact = (ok & (jnp.abs(q - (_Phi(x2) - _Phi(x1))) <= 1e-14) & (jnp.abs(m1 - (_phi(x1) - _phi(x2))) <= 1e-14)
+             & (jnp.abs(p_r - 0.5) <= 1e-14))
+    pr = _phi(x1 - lo) - _phi(x2 - lo)
+    return dict(r=r, lo=lo, exact=exact, lam=jnp.stack([lam0, lam1, jnp.zeros_like(lam0)]), Pr=pr)
 
 
 def _slot_init(qs, m1s, m2s, edges, r_start, lo):
@@ -934,15 +942,19 @@ def _radius_batch(q, m1, m2, slots=_SLOTS):
     n = q.shape[0]
     dtype = float_dtype()
     pre = jax.vmap(_radius_setup)(q, m1, m2)
-    work = ~pre["special"]
+    # the band edges take a short root solve: once per radius, not once per slot step
+    edges = jax.vmap(_band_edges)(pre["qs"], pre["m1s"])
+    band = jax.vmap(_band_radius)(pre["qs"], pre["m1s"], edges)
+    r_start, lo = band["r"], band["lo"]
+    # m2 = 0: the band's radius is the answer when the band solve converged (closed form)
+    band_form = ~pre["special"] & (pre["m2s"] <= 0) & band["exact"]
+    special = pre["special"] | band_form
+    work = ~special
     n_work = jnp.sum(work)
     order = jnp.argsort(~work, stable=True)  # the problems to solve first, in input order
     # about n / 8 slots (at least 32, at most `slots`): fewer slots than radii let the fast ones
     # hand their slot over; too few add per-step overhead (measured at n = 10^2, 10^3, 10^4)
     width = max(1, min(n, slots, max(32, n // 8)))
-    # the band edges take a short root solve: once per radius, not once per slot step
-    edges = jax.vmap(_band_edges)(pre["qs"], pre["m1s"])
-    r_start, lo = jax.vmap(_band_radius)(pre["qs"], pre["m1s"], edges)
 
     def load(k):
         j = order[jnp.clip(k, 0, n - 1)]
@@ -971,14 +983,15 @@ def _radius_batch(q, m1, m2, slots=_SLOTS):
 
     c = lax.while_loop(lambda c: jnp.any(c[2]), body, (state, idx, active, jnp.asarray(width), out))
     out = c[4]
-    special = pre["special"]
-    out["R"] = jnp.where(special, pre["R_special"], out["R"])
-    out["converged"] = jnp.where(special, pre["feasible"], out["converged"])
-    out["lam"] = jnp.where(special[:, None], pre["lam_special"], out["lam"])
-    out["Pr"] = jnp.where(special, pre["Pr_special"], out["Pr"])
+    closed = pre["special"]
+    out["R"] = jnp.where(closed, pre["R_special"], jnp.where(band_form, lo, out["R"]))
+    out["converged"] = jnp.where(closed, pre["feasible"], out["converged"] | band_form)
+    out["lam"] = jnp.where(closed[:, None], pre["lam_special"], jnp.where(band_form[:, None], band["lam"], out["lam"]))
+    out["Pr"] = jnp.where(closed, pre["Pr_special"], jnp.where(band_form, band["Pr"], out["Pr"]))
+    # special: no margin to take off (closed forms; the band's radius already sits 1e-9 below)
     out["special"] = special
     # radii whose derivative is zero: 0, +inf, NaN and unconverged (certified-fallback) ones
-    out["fixed"] = (special & ~pre["cohen"]) | ~out["converged"]
+    out["fixed"] = (closed & ~pre["cohen"]) | ~out["converged"]
     return out
 
 

@@ -160,12 +160,32 @@ def test_band_lower_end_is_certified_by_the_reference(q, m1f, m2f):
     the m2 constraint, and without it) is >= 1/2, and the band radius is the m2 = 0 radius."""
     q, m1, m2 = _point(q, m1f, m2f)
     edges = smoothjax.theorem3._band_edges(q, m1)
-    r_band, lo = (float(x) for x in smoothjax.theorem3._band_radius(q, m1, edges))
+    band = smoothjax.theorem3._band_radius(q, m1, edges)
+    r_band, lo = float(band["r"]), float(band["lo"])
     assert lo > norm.ppf(q)  # the band improved on Cohen's lower end
     assert theorem3_reference.reference_p_lower(lo, q, m1, 0.0) >= 0.5
     assert theorem3_reference.reference_p_lower(lo, q, m1, m2) >= 0.5
     R0 = float(directional_radius(q, m1, 0.0))
     assert abs(r_band - R0) <= 1e-8 * R0 and lo <= R0
+
+
+def test_m2_zero_band_closed_form_and_gradient():
+    """m2 = 0 (above Cohen's corner): the band is the solution, returned without a moments
+    evaluation; radius and gradient agree with the independently derived SoS certificate
+    (smoothjax.certificates.sos_radius, second paper): R sigma = SoS(q, G) for m1 = -sigma G."""
+    sigma = 0.5
+    q = np.array([0.55, 0.9, 0.999, 0.9999999])
+    G = np.array([0.3, 0.8, 0.1, 0.5]) * norm.pdf(norm.ppf(q)) / sigma
+    m1, m2 = -sigma * G, np.zeros_like(q)
+    out = jax.jit(smoothjax.theorem3._radius_batch)(q, m1, m2)
+    assert np.all(np.asarray(out["evaluations"]) == 0) and np.all(np.asarray(out["converged"]))
+    R = np.asarray(directional_radius(q, m1, m2))
+    sos = np.asarray(sos_radius(q, G, sigma))
+    assert np.all(np.abs(sigma * R - sos) <= 2e-9 * sos) and np.all(sigma * R <= sos * (1 + 1e-12))
+    gq, gm1 = jax.jit(jax.vmap(jax.grad(directional_radius, argnums=(0, 1))))(q, m1, m2)
+    sq, sG = jax.jit(jax.vmap(jax.grad(lambda p, g: sos_radius(p, g, sigma), argnums=(0, 1))))(q, G)
+    np.testing.assert_allclose(sigma * np.asarray(gq), np.asarray(sq), rtol=1e-6)
+    np.testing.assert_allclose(-sigma * sigma * np.asarray(gm1), np.asarray(sG), rtol=1e-6)
 
 
 def _benchmark_like(size, seed=0):
