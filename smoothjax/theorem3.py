@@ -1197,8 +1197,10 @@ def directional_radius(q, m1, m2):
     most, e.g. |grad| = 0.99 M at q = 0.6 takes up to 17); the radius returned there is the
     largest certified one found (never below Cohen's Phi^-1(q), and usually not below the m2 = 0
     band's radius, certified by weak duality), sound but possibly loose. l2 case (Corollary 3.1):
-    m1 = -sigma ||grad g||, m2 = 0 gives the SoS radius / sigma; m1 = -M (or below), m2 = 0 gives
-    Cohen's Phi^-1(q), returned in closed form.
+    m1 = -sigma ||grad g||, m2 = 0 gives the SoS radius / sigma (the band's radius, returned
+    without a moments evaluation, 1e-9 relative below the crossing, when the band's edges and
+    crossing converge: everywhere but within ~1e-6 M of m1 = +-M); m1 = -M (or below), m2 = 0 gives
+    Cohen's Phi^-1(q), in closed form.
 
     Batched, the radii are solved by a fixed number of slots that take the next problem as soon as
     theirs is done (see ``_radius_batch``), so a batch costs about the mean number of moment
