@@ -780,6 +780,12 @@ def _radius_setup(q, m1, m2):
                 Pr_special=jnp.where(cohen, -_INV_SQRT_2PI, 0.0))
 
 
+def _probit_newton_step(p, dp):
+    """Newton step in r on G(r) = Phi^-1(p(r)) = 0 given p and dp/dr < 0: -G / G', G' = dp / phi(G)."""
+    z = ndtri(jnp.clip(p, 1e-300, 1.0 - 1e-16))
+    return -z * _phi(z) / jnp.where(dp < 0, dp, -1.0)
+
+
 def _band_radius(q, m1, edges, iters=8):
     """Radius of the m2 = 0 problem and a certified lower end for the directional radius.
 
@@ -801,8 +807,7 @@ def _band_radius(q, m1, edges, iters=8):
     def body(_, r):
         p = _Phi(x2 - r) - _Phi(x1 - r)
         dp = _phi(x1 - r) - _phi(x2 - r)
-        z = ndtri(jnp.clip(p, 1e-300, 1.0 - 1e-16))
-        step = -z * _phi(z) / jnp.where(dp < 0, dp, -1.0)
+        step = _probit_newton_step(p, dp)
         return jnp.where(dp < 0, jnp.clip(r + step, 0.5 * r, 2.0 * r + 0.25), 2.0 * r + 0.25)
 
     r = jnp.maximum(lax.fori_loop(0, iters, body, cohen), cohen)
@@ -854,8 +859,7 @@ def _r_update(r, sol, lo, hi):
     # O(residual^2)): only a converged solve may close the bracket from above.
     hi = jnp.where(above | (sol["merit"] > _CONVERGED_TOL), hi, r)
     # G is exactly linear for Cohen's half-space and close to linear in general; G' = Pr / phi(G).
-    z = ndtri(jnp.clip(p, 1e-300, 1.0 - 1e-16))
-    newton = r - z * _phi(z) / jnp.where(Pr < 0, Pr, -1.0)
+    newton = r + _probit_newton_step(p, Pr)
     # (closed bracket: when Newton no longer moves r, r itself is the answer). A step below the
     # certified lo (from a loose solve, whose p is low) stops at lo.
     ok = (Pr < 0) & (newton <= hi) & jnp.isfinite(newton)
