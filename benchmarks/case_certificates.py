@@ -27,7 +27,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from benchmarks import baselines, references
-from benchmarks.common import SkipCase, spread, time_jax, time_per_item
+from benchmarks.common import spread, time_jax, time_per_item
 
 SIGMA = 0.25
 COHEN_N = 100_000
@@ -67,31 +67,16 @@ def _inputs(name, size, rng):
     raise KeyError(name)
 
 
-def _library():
-    try:
-        import smoothjax as sj
-    except Exception as exc:  # noqa: BLE001
-        raise SkipCase(f"smoothjax does not import: {exc}") from exc
-    return sj
-
-
-def _lookup(*paths):
-    """The first attribute found among 'module.name' paths (smoothjax.<module>.<name>), else SkipCase."""
+def _lookup(path):
+    """The function ``smoothjax.<module>.<name>`` for ``path = "module.name"``."""
     import importlib
 
-    missing = []
-    for path in paths:
-        module, name = path.rsplit(".", 1)
-        try:
-            return getattr(importlib.import_module(f"smoothjax.{module}"), name)
-        except (ImportError, AttributeError) as exc:
-            missing.append(f"smoothjax.{path} ({type(exc).__name__})")
-    raise SkipCase("library function not available yet: " + ", ".join(missing))
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(f"smoothjax.{module}"), name)
 
 
 def _ours(name):
     """A jitted function of the input columns (as positional arrays) for certificate ``name``."""
-    _library()
     if name == "cohen":
         cp_lower = _lookup("binomial.clopper_pearson_lower")
         cohen = _lookup("certificates.cohen_radius")
@@ -178,9 +163,6 @@ def run(config, log) -> list[dict]:
     for name in config["certificates"]:
         try:
             rows.extend(_run_one(name, config, log))
-        except SkipCase as exc:
-            log(f"  skip certificates/{name}: {exc}")
-            rows.append({"case": "certificates", "name": name, "skipped": str(exc)})
         except Exception as exc:  # noqa: BLE001  (recorded; the runner's exit status reports it)
             log(f"  ERROR in certificates/{name}: {type(exc).__name__}: {exc}")
             rows.append({"case": "certificates", "name": name, "error": f"{type(exc).__name__}: {exc}"})
@@ -198,12 +180,9 @@ def _run_one(name, config, log) -> list[dict]:
     # Its first n_ref entries are the reference subset; np.resize repeats them to fill the batch.
     probe_size = config["sizes"][0]
     probe = [jnp.asarray(np.resize(c, probe_size)) for c in cols]
-    try:  # a library function may exist while what it calls does not yet
-        t0 = time.perf_counter()
-        ours_probe = np.asarray(ours(*probe))
-        probe_first = time.perf_counter() - t0
-    except (AttributeError, ImportError, NotImplementedError) as exc:
-        raise SkipCase(f"library function fails for a missing dependency: {type(exc).__name__}: {exc}") from exc
+    t0 = time.perf_counter()
+    ours_probe = np.asarray(ours(*probe))
+    probe_first = time.perf_counter() - t0
     t0 = time.perf_counter()
     jax.block_until_ready(ours(*probe))  # second call: no compilation; estimates the cost per input
     per_item_estimate = (time.perf_counter() - t0) / probe_size

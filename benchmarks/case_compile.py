@@ -14,23 +14,11 @@ import time
 import jax
 
 from benchmarks import models
-from benchmarks.common import SkipCase, compile_timer, spread
-
-
-def _certify():
-    try:
-        from smoothjax.pipeline import certify
-    except (ImportError, AttributeError) as exc:
-        raise SkipCase(f"smoothjax.pipeline.certify not available yet ({exc})") from exc
-    return certify
+from benchmarks.common import compile_timer, spread
+from smoothjax.pipeline import certify
 
 
 def run(config, log) -> list[dict]:
-    try:
-        certify = _certify()
-    except SkipCase as exc:
-        log(f"  skip compile: {exc}")
-        return [{"case": "compile", "name": "certify", "skipped": str(exc)}]
     cfg = config["compile"]
     apply_fn, params, shape = models.get("mlp")
     xs = jax.random.uniform(jax.random.key(0), (cfg["inputs"], *shape))

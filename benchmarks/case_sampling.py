@@ -34,18 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import models
-from benchmarks.common import SkipCase, compiled_memory, peak_rss_bytes, reset_peak_rss, spread, time_interleaved
+from smoothjax.sampling import sample_statistics
+from benchmarks.common import compiled_memory, peak_rss_bytes, reset_peak_rss, spread, time_interleaved
 
 SIGMA = 0.25
 CONFIGS = {"counts": {}, "all": {"dot_product": True, "dipole": True, "split_half": True}}
-
-
-def _sample_statistics():
-    try:
-        from smoothjax.sampling import sample_statistics
-    except (ImportError, AttributeError) as exc:
-        raise SkipCase(f"smoothjax.sampling.sample_statistics not available yet ({exc})") from exc
-    return sample_statistics
 
 
 def _bare_forward(apply_fn, rows_per_step: int, num_steps: int):
@@ -68,11 +61,6 @@ def _inputs(shape, batch, seed=0):
 
 def run_sampling(config, log) -> list[dict]:
     rows = []
-    try:
-        sample_statistics = _sample_statistics()
-    except SkipCase as exc:
-        log(f"  skip sampling: {exc}")
-        return [{"case": "sampling", "name": "all", "skipped": str(exc)}]
     for model_name, (batch, n, chunk) in config["sampling"].items():
         apply_fn, params, shape = models.get(model_name)
         xs = _inputs(shape, batch)
@@ -154,11 +142,6 @@ def _timed_compiled(sample_statistics, apply_fn, params, xs, n, chunk, repeats):
 
 
 def run_scaling(config, log) -> list[dict]:
-    try:
-        sample_statistics = _sample_statistics()
-    except SkipCase as exc:
-        log(f"  skip scaling: {exc}")
-        return [{"case": "scaling", "name": "n", "skipped": str(exc)}]
     apply_fn, params, shape = models.get("mlp")
     chunk = config["scaling"]["batch_size"]
     rows, points = [], []

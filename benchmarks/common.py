@@ -24,10 +24,6 @@ COMPILE_EVENTS = (
 )
 
 
-class SkipCase(Exception):
-    """Raised by a case whose library function does not exist yet (the reason is printed)."""
-
-
 def spread(times) -> dict:
     """Median, interquartile range, min and max of a list of seconds."""
     arr = np.asarray(times, dtype=np.float64)

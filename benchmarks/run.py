@@ -1,7 +1,7 @@
 """The benchmark runner: ``python -m benchmarks [--quick | --smoke] [--only CASES] [--out FILE]``.
 
 Runs every case (see ``benchmarks/README.md``), prints a table and writes JSON (and the same
-table as markdown next to it). Cases whose library function does not exist yet are skipped with
+table as markdown next to it). A case that cannot run here (e.g. needs a GPU) is recorded as skipped with
 the reason printed and recorded (``"skipped"``), never silently.
 
 Modes: ``--smoke`` (the smallest sizes, for the test suite, ~30 s), ``--quick`` (under 2 minutes

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import smoothjax  # noqa: F401  (x64 for certificate math)
-from smoothjax import datasets, models, pipeline, training
+from smoothjax import pipeline
+from smoothjax.app import datasets, models, training, tsv
 
 RADII = (0.0, 0.25, 0.5, 0.75)
 METHODS = ("cohen_l2", "first_order_l1")
@@ -129,7 +130,7 @@ def run(cfg: Config, out: str | None = None, log=print) -> dict:
             + ", ".join(f"ACR[{m}] {entry['methods'][m]['acr']:.4f}" for m in cfg.methods)
             + f"  (train {train_seconds:.1f} s, certify {cert_seconds:.1f} s)")
         if out:
-            pipeline.write_tsv(os.path.join(out, f"{name}.tsv"), cert, labels=labels)
+            tsv.write_tsv(os.path.join(out, f"{name}.tsv"), cert, labels=labels)
     if out:
         with open(os.path.join(out, "results.json"), "w") as fh:
             json.dump(results, fh, indent=1)

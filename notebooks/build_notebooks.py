@@ -236,7 +236,7 @@ SWISS_ROLL = [
     """md:# Swiss Roll: second-order vs standard Gaussian smoothing certificates (second paper, Figure 2)
 
 In the spirit of Levine et al.'s Figure 2: a 2-D, non-linearly separable Swiss Roll
-(`smoothjax.datasets.make_swiss_roll`; the inner class, blue, is wrapped by the outer class, red), a
+(`smoothjax.app.datasets.make_swiss_roll`; the inner class, blue, is wrapped by the outer class, red), a
 small MLP trained with Gaussian noise augmentation, and certificates for the test points.
 
 Sizes: n = 10^5 (certification) and 10^6 (idealised values) in this notebook; the CI test runs it with
@@ -252,7 +252,7 @@ Sizes: n = 10^5 (certification) and 10^6 (idealised values) in this notebook; th
   10^8 samples): the SoS gain appears where the gradient is small, at the "top of the hill" of a
   class, as the paper describes.""",
     SETUP,
-    """from smoothjax import datasets, training
+    """from smoothjax.app import datasets, training
 from jax.scipy.stats import norm as jnorm
 train = datasets.load_dataset("swissroll", "train")
 test = datasets.load_dataset("swissroll", "test")
@@ -348,14 +348,14 @@ DIGITS = [
     """md:# Digits: every certificate on the shipped model
 
 The 8x8 digits test set (d = 64, pixels in [0, 1]) and the model shipped with smoothjax
-(`smoothjax/assets/digits_mlp_sigma0.25.msgpack`, trained by `smoothjax train` with Gaussian noise
+(`smoothjax/app/assets/digits_mlp_sigma0.25.msgpack`, trained by `smoothjax train` with Gaussian noise
 augmentation at sigma = 0.25). One sampling pass per input feeds all certificates: Cohen (l2), SoS
 (l2, second paper Theorem 1 with the Theorem 2 gradient-norm bound), dipole (l2, second paper
 Theorem 3), and the first paper's first-order l1, linf and subspace-l2 radii (Corollaries 3.2-3.4;
 subspace = the top half of the image, 32 pixels). The CI configuration certifies 60 images with
 n = 10^4; set `NUM` and `N` higher for the full table (see the project report).""",
     SETUP,
-    '''from smoothjax import analysis, datasets, models, cli
+    '''from smoothjax.app import analysis, cli, datasets, models\nfrom smoothjax.app.tsv import write_tsv
 NUM = int(os.environ.get("SMOOTHJAX_DIGITS_NUM", 60))
 N = int(os.environ.get("SMOOTHJAX_DIGITS_N", 10_000))
 apply_fn, params, config = models.load_model(models.default_model_path())
@@ -368,7 +368,7 @@ jax.block_until_ready(res.radii)
 elapsed = time.perf_counter() - start
 print(f"{NUM} inputs, n = {N}: {elapsed:.1f} s ({elapsed / NUM:.3f} s per input, compile included)")
 tsv = FIG_DIR / "digits_certify.tsv"
-pipeline.write_tsv(str(tsv), res, labels=test.y[:NUM], times=np.full(NUM, elapsed / NUM))
+write_tsv(str(tsv), res, labels=test.y[:NUM], times=np.full(NUM, elapsed / NUM))
 table = analysis.read_tsv(str(tsv), name="digits")
 print(analysis.markdown_table([table]))
 ''',

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -102,3 +103,22 @@ def check_static_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}.")
     return int(value)
+
+
+def check_at_least_one(name: str, x: Any) -> None:
+    """Raise unless every entry of ``x`` is a finite number >= 1 (a count such as ``num_pairs``)."""
+    if not is_concrete(x):
+        return
+    a = np.asarray(x, dtype=float)
+    if np.any(~np.isfinite(a)) or np.any(a < 1):
+        raise ValueError(f"{name} must be a finite number >= 1, got {x!r}.")
+
+
+def invalid_probability(p):
+    """In-graph flag: ``p`` is NaN or outside [0, 1] (the traced counterpart of check_probability)."""
+    return jnp.isnan(p) | (p < 0.0) | (p > 1.0)
+
+
+def invalid_sigma(sigma):
+    """In-graph flag: ``sigma`` is not a finite positive number."""
+    return ~jnp.isfinite(sigma) | (sigma <= 0.0)

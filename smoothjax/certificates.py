@@ -50,9 +50,14 @@ from jax.scipy.special import ndtri
 
 from smoothjax._config import as_float
 from smoothjax._normal import Phi as _Phi
+from smoothjax._normal import max_grad as _max_grad
+from smoothjax._normal import phi as _phi
+from smoothjax._normal import upper_quantile as _upper_quantile
+from smoothjax._roots import bisect as _bisect
+from smoothjax._roots import safe_side as _safe_side
 from smoothjax._validation import (
-    check_alpha,
-    check_finite,
+    invalid_probability,
+    invalid_sigma,
     check_nonnegative,
     check_probability,
     check_sigma,
@@ -63,23 +68,13 @@ __all__ = [
     "cohen_radius",
     "dipole_radius",
     "max_grad_norm",
-    "sos_grad_norm_upper",
     "sos_radius",
 ]
 
 _F_MARGIN = 32.0  # ulps of 1 allowed for the evaluation error of the bound functions
-_BISECTION_MAX_STEPS = 128  # bit-pattern bisection closes within 64 steps (float64)
 _SOS_NEWTON_STEPS_A = 4  # Newton steps for Phi^-1(a0); 3 leave errors of 1e-10 in the radius
 _SOS_NEWTON_STEPS_R = 4  # Newton steps for the SoS radius
 
-
-def _phi(z):
-    return jnp.exp(-0.5 * z * z) / jnp.sqrt(2.0 * jnp.pi)
-
-
-def _upper_quantile(p):
-    """``Phi^-1(p)`` computed as ``-Phi^-1(1 - p)``: accurate for p near 1 (1 - p is exact there)."""
-    return -ndtri(1.0 - p)
 
 
 def _float32_safety(r):
@@ -106,81 +101,9 @@ def _round_down(r):
     return jnp.maximum(r * (1.0 - rel) - 64.0 * eps, 0.0)
 
 
-def _ordered_int(x):
-    """Map floats to integers monotonically (IEEE-754 order; -0.0 and 0.0 both map to 0)."""
-    itype = jnp.int64 if x.dtype == jnp.float64 else jnp.int32
-    i = lax.bitcast_convert_type(x, itype)
-    return jnp.where(i >= 0, i, -(i & jnp.iinfo(itype).max))
-
-
-def _from_ordered_int(k, dtype):
-    itype = jnp.int64 if dtype == jnp.float64 else jnp.int32
-    bits = jnp.where(k >= 0, k, (-k) | jnp.array(jnp.iinfo(itype).min, itype))
-    return lax.bitcast_convert_type(bits.astype(itype), dtype)
-
-
-def _bisect(fn, lo, hi, max_steps=_BISECTION_MAX_STEPS):
-    """Vectorised bisection for an increasing ``fn`` with ``fn(lo) <= 0 < fn(hi)``; returns ``lo``.
-
-    Bisects on the integer order of the floats (their IEEE-754 bit patterns), so every step
-    halves the number of representable numbers in the bracket: it closes to adjacent floats in at
-    most 64 steps (32 in float32) wherever the root lies, including roots near 0 where halving
-    the value would need ~1075 steps. The returned lower end always satisfies the invariant (or
-    is the initial ``lo``), so for solves where "larger root = larger radius" it is the safe end.
-    """
-    dtype = lo.dtype
-    lo_k = _ordered_int(lo)
-    hi_k = _ordered_int(jnp.asarray(hi, dtype))
-
-    def cond(state):
-        step, lo_k, hi_k = state
-        return (step < max_steps) & jnp.any(hi_k - lo_k > 1)
-
-    def body(state):
-        step, lo_k, hi_k = state
-        # floor((lo + hi) / 2) without overflow for integers of either sign
-        mid_k = (lo_k >> 1) + (hi_k >> 1) + (lo_k & hi_k & 1)
-        open_ = hi_k - lo_k > 1
-        below = fn(_from_ordered_int(mid_k, dtype)) <= 0.0
-        lo_k = jnp.where(open_ & below, mid_k, lo_k)
-        hi_k = jnp.where(open_ & ~below, mid_k, hi_k)
-        return step + 1, lo_k, hi_k
-
-    _, lo_k, _ = lax.while_loop(cond, body, (0, lo_k, hi_k))
-    return _from_ordered_int(lo_k, dtype)
-
-
-def _safe_side(fn, x, slope, margin, lo):
-    """Move an approximate root ``x`` of an increasing ``fn`` to its safe side, ``fn <= 0``.
-
-    The answer is ``x`` where ``fn(x) <= 0`` already holds (the invariant a bisection keeps for its
-    lower end). Elsewhere x steps down by the Newton correction ``(fn(x) + margin) / slope`` (slope
-    ~ fn'(x) > 0, margin >= the evaluation error of fn) and 4 ulps of x, not below ``lo``, and the
-    step is kept if fn <= 0 there. Any entry still failing (none on the test grids) is handed to
-    :func:`_bisect` on [lo, that point], so the result always satisfies the same floating-point
-    condition as a bisection's result (or is ``lo``, assumed safe as in :func:`_bisect`); entries
-    already settled enter the bisection as closed brackets, and when all are, it costs one test.
-    Takes two evaluations of fn.
-    """
-    eps = jnp.finfo(x.dtype).eps
-    f1 = fn(x)
-    x2 = jnp.maximum(x - (jnp.maximum(f1, 0.0) + margin) / slope - 4.0 * eps * jnp.abs(x), lo)
-    y = jnp.where(f1 <= 0.0, x, x2)
-    settled = (f1 <= 0.0) | (fn(x2) <= 0.0) | (x2 <= lo)
-    return _bisect(fn, jnp.where(settled, y, lo), y)
-
-
 # ----------------------------------------------------------------------------------------------
 # Cohen et al. (2019)
 # ----------------------------------------------------------------------------------------------
-
-
-def _invalid_probability(p):
-    return jnp.isnan(p) | (p < 0.0) | (p > 1.0)
-
-
-def _invalid_sigma(sigma):
-    return ~jnp.isfinite(sigma) | (sigma <= 0.0)
 
 
 def cohen_radius(p_lower, sigma):
@@ -201,7 +124,7 @@ def cohen_radius(p_lower, sigma):
     sigma = as_float(sigma)
     z = _upper_quantile(jnp.where(p > 0.5, p, 0.75))
     r = _float32_safety(jnp.where(p > 0.5, sigma * z, 0.0))
-    return jnp.where(_invalid_probability(p) | _invalid_sigma(sigma), jnp.nan, r)
+    return jnp.where(invalid_probability(p) | invalid_sigma(sigma), jnp.nan, r)
 
 
 def max_grad_norm(p, sigma):
@@ -215,8 +138,8 @@ def max_grad_norm(p, sigma):
     check_sigma(sigma)
     p = as_float(p)
     sigma = as_float(sigma)
-    out = _phi(ndtri(jnp.minimum(p, 1.0 - p))) / sigma
-    return jnp.where(_invalid_probability(p) | _invalid_sigma(sigma), jnp.nan, out)
+    out = _max_grad(jnp.minimum(p, 1.0 - p)) / sigma
+    return jnp.where(invalid_probability(p) | invalid_sigma(sigma), jnp.nan, out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,11 +324,11 @@ def sos_radius(p_lower, grad_norm_upper, sigma):
 @jax.jit
 def _sos_radius(p, grad, sigma):
     p, grad, sigma = jnp.broadcast_arrays(p, grad, sigma)
-    invalid = _invalid_probability(p) | _invalid_sigma(sigma) | jnp.isnan(grad) | (grad < 0.0)
+    invalid = invalid_probability(p) | invalid_sigma(sigma) | jnp.isnan(grad) | (grad < 0.0)
     active = (p > 0.5) & (p < 1.0) & ~invalid
     p_safe = jnp.where(active, p, 0.75)
     sigma_safe = jnp.where(invalid, 1.0, sigma)
-    gamma_max = _phi(ndtri(1.0 - p_safe))
+    gamma_max = _max_grad(1.0 - p_safe)
     gamma = jnp.minimum(jnp.where(active, sigma_safe * grad, 0.0), gamma_max)
     # SoS provably dominates Cohen (gradient bound at its maximum = Cohen's worst case), so the
     # solve's rounding margin never needs to take the radius below Cohen's exact value.
@@ -413,82 +336,6 @@ def _sos_radius(p, grad, sigma):
     radius = _float32_safety(jnp.where(active, sigma_safe * r, 0.0))
     radius = jnp.where((p == 1.0) & ~invalid, jnp.inf, radius)
     return jnp.where(invalid, jnp.nan, radius)
-
-
-def sos_grad_norm_upper(grad_norm_sq_estimate, num_pairs, dim, sigma, alpha, p_lower):
-    """Upper confidence bound on ``||grad g(x)||_2`` (second paper Theorem 2, Appendix A.3).
-
-    The estimator: ``V_hat = mean over n pairs of (e . e') f(x + e) f(x + e')`` with
-    e, e' ~ N(0, sigma^2 I) independent; ``E[V_hat] = sigma^4 ||grad g||^2`` and
-    ``grad_norm_sq_estimate = V_hat / sigma^4`` (1/input units squared; it can be negative).
-    ``V_hat - E[V_hat]`` is a mean of (2 sqrt(2 d) sigma^2, 2 sqrt(2) sigma^2)-sub-exponential
-    variables (their Lemma 1), so with probability >= 1 - alpha, ``E[V] <= V_hat + t`` with
-
-        t = 4 sigma^2 sqrt(d log(1/alpha) / n)     if 2 log(1/alpha) <= d n,
-        t = 4 sqrt(2) sigma^2 log(1/alpha) / n     otherwise.
-
-    The bound returned is ``min(sqrt(max(grad_norm_sq_estimate + t / sigma^4, 0)),
-    max_grad_norm(p_lower, sigma))``. The clip is itself a valid bound when p_lower >= 1/2:
-    ``||grad g|| <= phi(Phi^-1(g(x))) / sigma`` and that maximum decreases in g on [1/2, 1], so
-    ``g(x) >= p_lower`` gives ``||grad g|| <= phi(Phi^-1(p_lower)) / sigma`` (the two events are
-    covered by the usual union bound). For p_lower < 1/2 the certificate abstains anyway.
-
-    This is exactly what the second paper's reference code prints as ``grad_norm_bound``
-    (reproduced on every peer-data row at the printed 6 digits, up to the printed rounding of
-    ``raw_grad_norm``), with ``alpha`` = its alpha / 2 = 0.0005, ``num_pairs = N / 2`` and
-    d = 49 (7x7 MNIST); its ``grad_norm_bound_nonvacuous`` is ``bound < max_grad_norm``, i.e.
-    "the clip did not bind".
-
-    Args:
-      grad_norm_sq_estimate: ``V_hat / sigma^4`` (signed), any shape.
-      num_pairs: number n of independent pairs (N / 2 when N samples are paired), >= 1.
-      dim: input dimension d, >= 1.
-      sigma: noise level (input units), > 0.
-      alpha: failure probability of this bound (the SoS certificate of the second paper spends
-        alpha / 2 here and alpha / 2 on ``p_lower``), in (0, 1).
-      p_lower: lower bound on g(x) used for the clip, in [0, 1].
-
-    Returns:
-      bound in 1/input units (broadcast shape). NaN under ``jit`` for invalid inputs.
-    """
-    check_finite("grad_norm_sq_estimate", grad_norm_sq_estimate)
-    _check_positive("num_pairs", num_pairs)
-    _check_positive("dim", dim)
-    check_sigma(sigma)
-    check_alpha(alpha)
-    check_probability("p_lower", p_lower)
-    args = (grad_norm_sq_estimate, num_pairs, dim, sigma, alpha, p_lower)
-    return _sos_grad_norm_upper(*(as_float(x) for x in args))
-
-
-@jax.jit
-def _sos_grad_norm_upper(est, n, d, sigma, alpha, p):
-    invalid = (
-        ~jnp.isfinite(est)
-        | ~(n >= 1.0)
-        | ~(d >= 1.0)
-        | _invalid_sigma(sigma)
-        | ~((alpha > 0.0) & (alpha < 1.0))
-        | _invalid_probability(p)
-    )
-    log_inv = -jnp.log(alpha)
-    sub_gaussian = 2.0 * log_inv <= d * n
-    t = jnp.where(
-        sub_gaussian,
-        4.0 * jnp.sqrt(d * log_inv / n),
-        4.0 * jnp.sqrt(2.0) * log_inv / n,
-    ) / sigma**2
-    bound = jnp.sqrt(jnp.maximum(est + t, 0.0))
-    cap = _phi(ndtri(jnp.minimum(p, 1.0 - p))) / sigma
-    return jnp.where(invalid, jnp.nan, jnp.minimum(bound, cap))
-
-
-def _check_positive(name, x):
-    if not is_concrete(x):
-        return
-    a = np.asarray(x, dtype=float)
-    if np.any(~np.isfinite(a)) or np.any(a < 1):
-        raise ValueError(f"{name} must be a finite number >= 1, got {x!r}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -582,9 +429,9 @@ def dipole_radius(cs_lower, cn_lower, sigma):
 def _dipole_radius(cs, cn, sigma):
     cs, cn, sigma = jnp.broadcast_arrays(cs, cn, sigma)
     invalid = (
-        _invalid_probability(cs)
-        | _invalid_probability(cn)
-        | _invalid_sigma(sigma)
+        invalid_probability(cs)
+        | invalid_probability(cn)
+        | invalid_sigma(sigma)
         | (cs + cn > 1.0 + 1e-12)
     )
     cn = jnp.minimum(cn, 1.0 - cs)

@@ -57,11 +57,8 @@ outer ``jit``, since concrete values raise ``ValueError``).
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -69,61 +66,32 @@ import numpy as np
 
 from smoothjax import _validation as V
 from smoothjax._config import float_dtype
-from smoothjax import ABSTAIN
-from smoothjax.sampling import (
-    SampleStatistics,
-    _over_devices,
-    _pad_to_devices,
-    _sample_statistics_traced,
-    check_input_ids,
-    validate_sampling_args,
+from smoothjax.results import ABSTAIN, AbstainReason, CertifyResult, abstain_reasons  # noqa: F401  (re-exported)
+from smoothjax._sharding import over_devices, pad_to_devices
+from smoothjax.binomial import binomial_two_sided_pvalue, clopper_pearson_lower
+from smoothjax.certificates import cohen_radius, dipole_radius, sos_radius
+from smoothjax.first_order import subspace_radius
+from smoothjax.gradient_bounds import (
+    grad_dual_norm_upper,
+    grad_l1_upper,
+    grad_l2_bounds,
+    grad_linf_upper,
+    sos_grad_norm_upper,
 )
+from smoothjax.sampling import check_input_ids, sample_statistics_under_jit, validate_sampling_args
 
 ALL_METHODS = ("cohen_l2", "sos_l2", "dipole_l2", "first_order_l1", "first_order_linf", "subspace_l2")
 DEFAULT_METHODS = ("cohen_l2", "sos_l2", "dipole_l2", "first_order_l1", "first_order_linf")
 
-REASON_LOW_PROBABILITY = 1
-REASON_NONFINITE_LOGITS = 2
-REASON_NONFINITE_INPUT = 4
-REASON_METHOD_FAILED = 8
-REASON_INVALID_ARGUMENT = 16
+REASON_LOW_PROBABILITY = AbstainReason.LOW_PROBABILITY
+REASON_NONFINITE_LOGITS = AbstainReason.NONFINITE_LOGITS
+REASON_NONFINITE_INPUT = AbstainReason.NONFINITE_INPUT
+REASON_METHOD_FAILED = AbstainReason.METHOD_FAILED
+REASON_INVALID_ARGUMENT = AbstainReason.INVALID_ARGUMENT
 
 _SELECTION_STREAM, _ESTIMATION_STREAM, _PREDICT_STREAM = 0, 1, 2
 _PAIR_METHODS = ("sos_l2", "dipole_l2")
 _FIRST_ORDER = ("first_order_l1", "first_order_linf", "subspace_l2")
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class CertifyResult:
-    """Result of :func:`certify` for a batch of inputs; every array has a leading ``[batch]`` axis.
-
-    Fields:
-      prediction: int32, ``c_A`` or -1 (abstain).
-      radii: dict method name -> float radius (input units, 0 where abstaining).
-      p_lower: dict method name -> the lower bound on ``p_A`` that method used (for dipole, the
-        lower bound on ``P[both sides = c_A]``).
-      bounds: dict of the other confidence bounds used, e.g. ``"sos_grad_norm_upper"``,
-        ``"dipole_plus_only_lower"``, ``"grad_l2_lower"``, ``"grad_linf_upper"``,
-        ``"grad_l1_upper"``, ``"subspace_grad_l2_upper"`` (gradients in 1/input units).
-      method_abstained: dict method name -> bool, True where that method's radius is 0.
-      abstain_reason: int32 bit mask (``REASON_*`` constants; 0 = certified).
-      top_class: int32, the selection pass's top class ``c_A`` (also where abstaining).
-      selection_counts: ``[batch, num_classes]`` counts of the selection pass.
-      statistics: :class:`smoothjax.sampling.SampleStatistics` of the estimation pass.
-      input_ids: the ids the noise keys were derived from.
-    """
-
-    prediction: Any
-    radii: dict
-    p_lower: dict
-    bounds: dict
-    method_abstained: dict
-    abstain_reason: Any
-    top_class: Any
-    selection_counts: Any
-    statistics: SampleStatistics
-    input_ids: Any
 
 
 # ----------------------------------------------------------------------------- validation
@@ -188,7 +156,7 @@ def predict(apply_fn, params, xs, key, *, sigma, n: int, alpha, batch_size: int,
     )
     xs = jnp.asarray(xs)
     ids = check_input_ids(input_ids, xs.shape[0])
-    xs, ids, batch = _pad_to_devices(xs, ids)
+    xs, ids, batch = pad_to_devices(xs, ids)
     ftype = float_dtype()
     out = _predict_jit(
         apply_fn, params, xs, key, ids, jnp.asarray(sigma, ftype), jnp.asarray(alpha, ftype), n=n, batch_size=batch_size
@@ -198,10 +166,8 @@ def predict(apply_fn, params, xs, key, *, sigma, n: int, alpha, batch_size: int,
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "n", "batch_size"))
 def _predict_jit(apply_fn, params, xs, key, input_ids, sigma, alpha, *, n, batch_size):
-    from smoothjax.binomial import binomial_two_sided_pvalue
-
     def per_shard(xs, input_ids, params, key, sigma, alpha):
-        stats = _sample_statistics_traced(
+        stats = sample_statistics_under_jit(
             apply_fn, params, xs, _stream_key(key, _PREDICT_STREAM), sigma, None, input_ids,
             num_samples=n, batch_size=batch_size,
         )
@@ -213,7 +179,7 @@ def _predict_jit(apply_fn, params, xs, key, input_ids, sigma, alpha, *, n, batch
         ok = (pvalue <= alpha) & (stats.nonfinite == 0) & jnp.all(jnp.isfinite(_flat(xs)), axis=1)
         return jnp.where(ok, top, ABSTAIN)
 
-    return _over_devices(per_shard, (xs, input_ids), (params, key, sigma, alpha))
+    return over_devices(per_shard, (xs, input_ids), (params, key, sigma, alpha))
 
 
 def _flat(xs):
@@ -277,8 +243,7 @@ def certify(
     xs = jnp.asarray(xs)
     mask = _check_subspace(subspace, xs.shape[1:])
     ids = check_input_ids(input_ids, xs.shape[0])
-    _require_modules(methods)
-    xs, ids, batch = _pad_to_devices(xs, ids)
+    xs, ids, batch = pad_to_devices(xs, ids)
     ftype = float_dtype()
     result = _certify_jit(
         apply_fn, params, xs, key, ids, jnp.asarray(sigma, ftype), jnp.asarray(alpha, ftype), mask,
@@ -288,43 +253,6 @@ def certify(
     if result.prediction.shape[0] != batch:
         result = jax.tree_util.tree_map(lambda a: a[:batch], result)
     return result
-
-
-_FIRST_ORDER_NEEDS = (
-    ("gradient_bounds", "grad_l2_bounds"),
-    ("first_order", "l1_radius"),
-    ("theorem3", "directional_radius"),
-)
-_REQUIREMENTS = {
-    "cohen_l2": (("certificates", "cohen_radius"),),
-    "sos_l2": (("certificates", "sos_radius"), ("certificates", "sos_grad_norm_upper")),
-    "dipole_l2": (("certificates", "dipole_radius"),),
-    "first_order_l1": _FIRST_ORDER_NEEDS,
-    "first_order_linf": _FIRST_ORDER_NEEDS,
-    "subspace_l2": _FIRST_ORDER_NEEDS,
-}
-
-
-def missing_requirements(method: str) -> list[str]:
-    """The ``module.name`` functions a method needs that cannot be imported (empty when usable)."""
-    import importlib
-
-    missing = []
-    for mod, name in (("binomial", "clopper_pearson_lower"),) + _REQUIREMENTS[method]:
-        try:
-            ok = hasattr(importlib.import_module(f"smoothjax.{mod}"), name)
-        except ImportError:
-            ok = False
-        if not ok:
-            missing.append(f"smoothjax.{mod}.{name}")
-    return missing
-
-
-def _require_modules(methods):
-    for m in methods:
-        missing = missing_requirements(m)
-        if missing:
-            raise NotImplementedError(f"method {m!r} needs {', '.join(missing)}, which is not available.")
 
 
 _CERTIFY_STATIC = ("apply_fn", "n0", "n", "batch_size", "methods", "num_classes", "subspace_dim")
@@ -340,24 +268,22 @@ def _certify_jit(
             n0=n0, n=n, batch_size=batch_size, methods=methods, subspace_dim=subspace_dim,
         )
 
-    return _over_devices(per_shard, (xs, input_ids), (params, key, sigma, alpha, mask))
+    return over_devices(per_shard, (xs, input_ids), (params, key, sigma, alpha, mask))
 
 
 def _certify_traced(
     apply_fn, params, xs, key, input_ids, sigma, alpha, mask, *, n0, n, batch_size, methods, subspace_dim
 ):
-    from smoothjax.binomial import clopper_pearson_lower
-
     ftype = float_dtype()
     sigma, alpha = jnp.asarray(sigma, ftype), jnp.asarray(alpha, ftype)
     dim = int(np.prod(xs.shape[1:]))
-    selection = _sample_statistics_traced(
+    selection = sample_statistics_under_jit(
         apply_fn, params, xs, _stream_key(key, _SELECTION_STREAM), sigma, None, input_ids,
         num_samples=n0, batch_size=batch_size,
     )
     top = jnp.argmax(selection.counts, axis=1).astype(jnp.int32)
     first_order = [m for m in methods if m in _FIRST_ORDER]
-    stats = _sample_statistics_traced(
+    stats = sample_statistics_under_jit(
         apply_fn, params, xs, _stream_key(key, _ESTIMATION_STREAM), sigma, top, input_ids,
         num_samples=n, batch_size=batch_size,
         dot_product="sos_l2" in methods, dipole="dipole_l2" in methods, split_half=bool(first_order),
@@ -376,22 +302,16 @@ def _certify_traced(
     )
     p_cohen, p_half = cp[0], cp[1]
 
-    radii, p_lower, bounds = {}, {}, {}
+    radii, p_lower, bounds, converged = {}, {}, {}, {}
     if "cohen_l2" in methods:
-        from smoothjax.certificates import cohen_radius
-
         radii["cohen_l2"] = cohen_radius(p_cohen, sigma)
         p_lower["cohen_l2"] = p_cohen
     if "sos_l2" in methods:
-        from smoothjax.certificates import sos_grad_norm_upper, sos_radius
-
         grad_up = sos_grad_norm_upper(stats.dot_mean, stats.num_pairs, dim, sigma, alpha / 2, p_half)
         radii["sos_l2"] = sos_radius(p_half, grad_up, sigma)
         p_lower["sos_l2"] = p_half
         bounds["sos_grad_norm_upper"] = grad_up
     if "dipole_l2" in methods:
-        from smoothjax.certificates import dipole_radius
-
         cs, cn = cp[2], cp[3]
         radii["dipole_l2"] = dipole_radius(cs, cn, sigma)
         p_lower["dipole_l2"] = cs
@@ -417,8 +337,9 @@ def _certify_traced(
     reason = (reason | jnp.where(failed & (reason == 0), REASON_METHOD_FAILED, 0)).astype(jnp.int32)
     ok = (reason & ~REASON_METHOD_FAILED) == 0
     prediction = jnp.where(ok, top, ABSTAIN).astype(jnp.int32)
-    method_abstained = {}
+    method_abstained, solver_converged = {}, {}
     for name in list(radii):
+        solver_converged[name] = converged.get(name, jnp.ones_like(certified))
         r = jnp.asarray(radii[name], ftype)
         good = ok & ~jnp.isnan(r) & (r > 0)  # +inf is legitimate (subspace_l2: g constant along S)
         radii[name] = jnp.where(good, r, 0.0)
@@ -429,6 +350,7 @@ def _certify_traced(
         p_lower=p_lower,
         bounds=bounds,
         method_abstained=method_abstained,
+        solver_converged=solver_converged,
         abstain_reason=reason,
         top_class=top,
         selection_counts=selection.counts,
@@ -453,8 +375,6 @@ def _first_order_radii(stats, p_lower, sigma, alpha_each, mask, subspace_dim, me
     ``||grad||_1 upper >= ||grad||_2 lower``, NaN otherwise); Corollary 3.4 with p = 2 for
     ``b = ||P_S grad||_2`` upper, ``d_S = 1``.
     """
-    from smoothjax.first_order import subspace_radius
-    from smoothjax.gradient_bounds import grad_dual_norm_upper, grad_l1_upper, grad_l2_bounds, grad_linf_upper
 
     mean_a, mean_b, num_a, num_b = stats.z_mean_a, stats.z_mean_b, stats.num_a, stats.num_b
     dim = mean_a.shape[-1]
@@ -514,35 +434,3 @@ def certify_in_batches(apply_fn, params, xs, key, *, inputs_per_call: int, input
         if callback is not None:
             callback(hi, total)
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
-
-
-# ----------------------------------------------------------------------------- TSV output
-
-
-def write_tsv(path, result: CertifyResult, labels=None, times=None, input_ids=None) -> None:
-    """Write a Cohen-style TSV: ``idx, label, predict, radius_<method>..., correct, time``.
-
-    One row per input. ``idx`` is ``input_ids`` (default: the ids stored in ``result``); ``label``
-    is -1 and ``correct`` 0 when ``labels`` is None; ``time`` is seconds per input (``nan`` when
-    ``times`` is None). Radii are written with Python's shortest round-trip float repr, so
-    reading them back gives exactly the certified numbers (never rounded up).
-    """
-    prediction = np.asarray(result.prediction)
-    batch = prediction.shape[0]
-    idx = np.asarray(result.input_ids if input_ids is None else input_ids).astype(np.int64)
-    lab = np.full(batch, -1, np.int64) if labels is None else np.asarray(labels).astype(np.int64)
-    tim = np.full(batch, np.nan) if times is None else np.asarray(times, float)
-    for name, arr in (("input_ids", idx), ("labels", lab), ("times", tim)):
-        if arr.shape != (batch,):
-            raise ValueError(f"{name} must have one entry per input ({batch}), got shape {arr.shape}.")
-    names = [m for m in ALL_METHODS if m in result.radii]
-    radii = {m: np.asarray(result.radii[m], float) for m in names}
-    correct = (prediction == lab) & (lab >= 0) if labels is not None else np.zeros(batch, bool)
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        writer.writerow(["idx", "label", "predict", *[f"radius_{m}" for m in names], "correct", "time"])
-        for i in range(batch):
-            writer.writerow(
-                [int(idx[i]), int(lab[i]), int(prediction[i]), *[repr(float(radii[m][i])) for m in names],
-                 int(correct[i]), f"{tim[i]:.6f}"]
-            )

@@ -63,6 +63,7 @@ import numpy as np
 from jax.extend.random import threefry_2x32
 
 from smoothjax import _validation as V
+from smoothjax._sharding import over_devices, pad_to_devices
 
 # Largest number of samples per input: sample indices are folded into keys as uint32.
 MAX_NUM_SAMPLES = 2**32
@@ -244,7 +245,7 @@ def sample_statistics(
     input_ids = check_input_ids(input_ids, batch)
     xs = jnp.asarray(xs)
     target = jnp.zeros(batch, jnp.int32) if target_class is None else jnp.asarray(target_class).astype(jnp.int32)
-    xs, padded_ids, _ = _pad_to_devices(xs, input_ids)
+    xs, padded_ids, _ = pad_to_devices(xs, input_ids)
     target = jnp.concatenate([target, jnp.repeat(target[-1:], xs.shape[0] - batch)])
     stats = _sample_statistics_jit(
         apply_fn,
@@ -315,52 +316,18 @@ def standard_normal(key_words, sample_idx, shape, dtype):
     return z.reshape((chunk, *shape)).astype(dtype)
 
 
-def _pad_to_devices(xs, input_ids):
-    """Pad the input axis to a multiple of the device count (repeating the last input and its id).
-
-    Returns ``(xs, input_ids, original_batch)``; callers slice results back to ``original_batch``.
-    """
-    ndev = jax.device_count()
-    batch = xs.shape[0]
-    pad = (-batch) % ndev
-    if pad:
-        xs = jnp.concatenate([xs, jnp.repeat(xs[-1:], pad, axis=0)])
-        input_ids = jnp.concatenate([input_ids, jnp.repeat(input_ids[-1:], pad)])
-    return xs, input_ids, batch
-
-
-def _over_devices(fn, batch_args, replicated_args):
-    """``fn(*batch_args, *replicated_args)``, sharded over the input axis when several devices exist.
-
-    Used inside ``jit``. With one device it is a plain call; otherwise ``jax.shard_map`` over a 1-D
-    mesh ``("inputs",)`` of all devices: each device runs the same per-input program on its slice
-    of the inputs (whose count must divide evenly, see :func:`_pad_to_devices`), with
-    ``replicated_args`` (params, key, sigma, ...) on every device. Every output leaf must have a
-    leading input axis. Per-input keys make the results identical to the single-device run.
-    """
-    devices = jax.devices()
-    if len(devices) == 1:
-        return fn(*batch_args, *replicated_args)
-    mesh = jax.sharding.Mesh(np.array(devices), ("inputs",))
-    spec = jax.sharding.PartitionSpec
-    in_specs = (spec("inputs"),) * len(batch_args) + (spec(),) * len(replicated_args)
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec("inputs"), check_vma=False)(
-        *batch_args, *replicated_args
-    )
-
-
 _STATIC = ("apply_fn", "num_samples", "batch_size", "dot_product", "dipole", "split_half")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _sample_statistics_jit(apply_fn, params, xs, key, sigma, target_class, input_ids, **kw):
     def per_shard(xs, target_class, input_ids, params, key, sigma):
-        return _sample_statistics_traced(apply_fn, params, xs, key, sigma, target_class, input_ids, **kw)
+        return sample_statistics_under_jit(apply_fn, params, xs, key, sigma, target_class, input_ids, **kw)
 
-    return _over_devices(per_shard, (xs, target_class, input_ids), (params, key, sigma))
+    return over_devices(per_shard, (xs, target_class, input_ids), (params, key, sigma))
 
 
-def _sample_statistics_traced(
+def sample_statistics_under_jit(
     apply_fn,
     params,
     xs,
@@ -375,7 +342,12 @@ def _sample_statistics_traced(
     dipole=False,
     split_half=False,
 ) -> SampleStatistics:
-    """The traced body of :func:`sample_statistics` (no validation; call under jit)."""
+    """:func:`sample_statistics` for use inside ``jit``: no host-side validation, no sharding.
+
+    Arguments as :func:`sample_statistics` (``sigma`` a traced scalar, ``input_ids`` a ``[batch]``
+    uint32 array, ``target_class`` ``[batch]`` int or None); the caller validates them and runs it
+    under ``jax.jit`` with ``num_samples``, ``batch_size`` and the flags static.
+    """
     xs = jnp.asarray(xs)
     dtype = noise_dtype(xs)
     xs = xs.astype(dtype)

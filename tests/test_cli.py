@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from smoothjax import analysis, cli, models
+from smoothjax.app import analysis, cli, models
 
 REQUIRED_MODULES = ("pipeline", "certificates", "gradient_bounds", "first_order", "theorem3")
 MISSING = [m for m in REQUIRED_MODULES if importlib.util.find_spec(f"smoothjax.{m}") is None]
@@ -214,7 +214,8 @@ def test_certify_small_run_and_summary(tmp_path, capsys):
     # chunks of 4 (the last one padded) give what one direct call on the same inputs and ids gives
     import jax
 
-    from smoothjax import datasets, pipeline
+    from smoothjax import pipeline
+    from smoothjax.app import datasets
 
     apply_fn, params, _ = models.load_model(models.default_model_path())
     x = datasets.load_dataset("digits", "test").x[ids]
@@ -229,7 +230,7 @@ def test_certify_small_run_and_summary(tmp_path, capsys):
 def test_demo_in_a_fresh_directory(tmp_path):
     """The README's first command after install: `smoothjax demo --out DIR` (subprocess, fresh cwd)."""
     exe = shutil.which("smoothjax")
-    cmd = [exe, "demo", "--out", "demo-out"] if exe else [sys.executable, "-m", "smoothjax.cli", "demo", "--out", "demo-out"]
+    cmd = [exe, "demo", "--out", "demo-out"] if exe else [sys.executable, "-m", "smoothjax.app.cli", "demo", "--out", "demo-out"]
     start = time.perf_counter()
     env = dict(os.environ)
     env.pop("SMOOTHJAX_CACHE_DIR", None)  # as a user runs it (the default compilation cache)

@@ -56,8 +56,6 @@ BATCH = 500
 # bounds and radii are covered below from the exact split-half statistics simulated in NumPy (the
 # same per-sample quantities the sampler accumulates), and by one full-pipeline run in the slow set.
 PIPELINE_METHODS = ("cohen_l2", "sos_l2", "dipole_l2")
-AVAILABLE = tuple(m for m in PIPELINE_METHODS if not pipeline.missing_requirements(m))
-FIRST_ORDER_AVAILABLE = not pipeline.missing_requirements("first_order_l1")
 
 
 def _truth_table(clf, x0, sigma):
@@ -73,7 +71,7 @@ def _coverage(clf, s0, *, trials, alpha, seed, n=N, methods=None):
     xs = np.tile(x0[None], (trials, 1))
     res = sj.certify(
         interval_union_apply, clf.params, xs, jax.random.key(seed), sigma=SIGMA, n0=N0, n=n, alpha=alpha,
-        batch_size=BATCH, methods=methods or AVAILABLE, input_ids=np.arange(trials, dtype=np.uint32),
+        batch_size=BATCH, methods=methods or PIPELINE_METHODS, input_ids=np.arange(trials, dtype=np.uint32),
     )
     truth = _truth_table(clf, x0, SIGMA)
     top = np.asarray(res.top_class)
@@ -163,7 +161,7 @@ def test_coverage_quick(name, clf, s0):
     out = _coverage(clf, s0, trials=300, alpha=0.1, seed=1000 + len(name))
     _report(f"{name} quick: T=300, n={N}, alpha=0.1", out)
     _assert_coverage(out)
-    if name == "half_space" and "cohen_l2" in AVAILABLE:
+    if name == "half_space":
         # Power: on the half-space Cohen's certificate is tight, so it fails about as often as the
         # Clopper-Pearson bound does (~alpha); a test that never sees failures could not detect a bug.
         f, t, _ = out["radius cohen_l2 @alpha"]
@@ -352,7 +350,7 @@ def _first_order_coverage(clf, s0, *, trials, alpha, seed, n=N, radii=True):
     ch = sj.grad_l2_bounds(ma, mb, na, nb, SIGMA, alpha, method="chernoff")
     record("bound table1 l2 lower (chernoff) @alpha", np.asarray(ch.lower) > tr["grad_l2"], alpha)
     record("bound table1 l2 upper (chernoff) @alpha", np.asarray(ch.upper) < tr["grad_l2"], alpha)
-    if radii and FIRST_ORDER_AVAILABLE:
+    if radii:
         # the pipeline's split: p at alpha/2, each gradient bound at alpha/4
         p_lo = sj.clopper_pearson_lower(k, n, alpha / 2)
         l2_lo = sj.grad_l2_bounds(ma, mb, na, nb, SIGMA, alpha / 4).lower
@@ -385,7 +383,6 @@ def test_first_order_coverage_slow(name, clf, s0):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FIRST_ORDER_AVAILABLE, reason="first-order radii not available")
 def test_full_pipeline_all_methods_slow():
     """The whole certify program with every default method (wiring of the first-order radii): 1000 trials."""
     for name, clf, s0 in CLASSIFIERS[:2]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sk_load_digits
 
-from smoothjax import datasets
+from smoothjax.app import datasets
 
 
 def test_digits_split_is_fixed_disjoint_and_scaled():

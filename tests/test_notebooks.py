@@ -37,8 +37,8 @@ import pytest
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+import nbclient  # noqa: E402
+import nbformat  # noqa: E402
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 ALL_MODULES = ("pipeline", "certificates", "gradient_bounds", "first_order", "theorem3")

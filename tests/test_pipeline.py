@@ -18,7 +18,6 @@ from smoothjax.pipeline import (
     certify,
     certify_in_batches,
     predict,
-    write_tsv,
 )
 from smoothjax.sampling import sample_statistics
 
@@ -28,30 +27,12 @@ W = unit_vector(SHAPE, seed=5)
 ALPHA = 0.001
 N0, N, BS = 100, 200_000, 4000
 
-def _usable(method):
-    return not pipeline.missing_requirements(method)
-
-
-needs_certificates = pytest.mark.skipif(
-    not all(_usable(m) for m in ("cohen_l2", "sos_l2", "dipole_l2")),
-    reason="smoothjax.certificates (cohen/sos/dipole radii) not written yet",
-)
-needs_first_order = pytest.mark.skipif(
-    not _usable("first_order_l1"), reason="gradient_bounds / first_order / theorem3.directional_radius not ready yet"
-)
-
 ZERO_ORDER = ("cohen_l2", "sos_l2", "dipole_l2")
-
-
-def _available_methods():
-    return tuple(m for m in ALL5 if _usable(m))
-
-
 ALL5 = ("cohen_l2", "sos_l2", "dipole_l2", "first_order_l1", "first_order_linf")
 
 
 def _certify(clf, x0s, methods=None, key=0, **kw):
-    args = dict(sigma=SIGMA, n0=N0, n=N, alpha=ALPHA, batch_size=BS, methods=methods or _available_methods())
+    args = dict(sigma=SIGMA, n0=N0, n=N, alpha=ALPHA, batch_size=BS, methods=methods or ALL5)
     args.update(kw)
     xs = jnp.asarray(np.stack(x0s), jnp.float32)
     return certify(clf.apply_fn, clf.params, xs, jax.random.key(key), **args)
@@ -105,8 +86,7 @@ def _truth(clf, x0, norm):
 
 def _every_method(clf, x0s):
     """All methods available (+ subspace_l2 when first-order works): one compiled program for all."""
-    subspace = MASK if _usable("subspace_l2") else None
-    return _certify(clf, x0s, methods=_available_methods(), subspace=subspace)
+    return _certify(clf, x0s, methods=ALL5, subspace=MASK)
 
 
 def _check_sound(clf, x0s, res):
@@ -123,7 +103,6 @@ def _cohen_slack(clf, x0s):
     return SIGMA * (stats.norm.ppf(p) - stats.norm.ppf(p - 5 * np.sqrt(p * (1 - p) / N)))
 
 
-@needs_certificates
 def test_half_space_radii_sound_and_sos_equals_cohen():
     """Half-space: Cohen's radius is exact in the limit; SoS equals it (gradient at its maximum)."""
     clf = HalfSpace(W, 0.5)
@@ -139,7 +118,6 @@ def test_half_space_radii_sound_and_sos_equals_cohen():
     np.testing.assert_array_less(np.abs(sos - cohen), slack)  # SoS spends alpha/2 on p: same slack
 
 
-@needs_certificates
 def test_slab_sos_beats_cohen_and_all_radii_sound():
     """Slab at and near its centre: gradient ~0, SoS is larger than Cohen's radius; all sound."""
     clf = Slab(W, t=0.6)  # t / sigma = 1.2: p = 0.77
@@ -155,7 +133,6 @@ def test_slab_sos_beats_cohen_and_all_radii_sound():
     assert float(res.radii["dipole_l2"][0]) > float(cohen[0])
 
 
-@needs_first_order
 def test_first_order_bounds_reported_and_consistent():
     clf = Slab(W, t=0.6)
     x0s = [0.0 * W, 0.05 * W, -0.1 * W]
@@ -170,7 +147,6 @@ def test_first_order_bounds_reported_and_consistent():
     np.testing.assert_array_equal(np.asarray(res.p_lower["first_order_l1"]), np.asarray(res.p_lower["sos_l2"]))
 
 
-@needs_certificates
 def test_nan_logits_and_nan_inputs_abstain_with_reasons():
     """Under an outer jit (no host checks): NaN input -> abstain, model NaN logits -> abstain."""
 
@@ -220,7 +196,6 @@ def small_runs():
     return clf, full, again, halves, recompiled, grouped
 
 
-@needs_certificates
 def test_batching_invariance_same_key_and_no_recompile(small_runs):
     clf, full, again, halves, recompiled, grouped = small_runs
     assert not recompiled
@@ -236,7 +211,6 @@ def test_batching_invariance_same_key_and_no_recompile(small_runs):
     )
 
 
-@needs_certificates
 def test_abstains_where_probability_too_low(small_runs):
     clf, res = small_runs[0], small_runs[1]
     assert int(res.prediction[1]) == -1 and int(res.abstain_reason[1]) & REASON_LOW_PROBABILITY
@@ -287,8 +261,9 @@ def test_certify_bad_inputs_raise():
 # --------------------------------------------------------------------------- TSV
 
 
-@needs_certificates
 def test_write_tsv_round_trip(tmp_path, small_runs):
+    from smoothjax.app.tsv import write_tsv
+
     res = small_runs[1]
     path = tmp_path / "out.tsv"
     labels = np.array([1, 1, 0, 1])
@@ -303,7 +278,7 @@ def test_write_tsv_round_trip(tmp_path, small_runs):
     assert [int(r[6]) for r in rows[1:]] == list((pred == labels).astype(int))
     for j, name in enumerate(ZERO_ORDER):
         np.testing.assert_array_equal([float(r[3 + j]) for r in rows[1:]], np.asarray(res.radii[name]))
-    from smoothjax import analysis
+    from smoothjax.app import analysis
 
     table = analysis.read_tsv(str(path))
     np.testing.assert_array_equal(table.radii["cohen_l2"], np.asarray(res.radii["cohen_l2"]))

@@ -43,19 +43,12 @@ FD_NOISE = 1e-13  # relative rounding noise of a reference evaluation (brentq to
 
 
 def _need(module, name):
-    if module == "first_order":  # the first-order radii are built on the Theorem 3 solver
-        _need("theorem3", "directional_radius")
-    try:
-        return getattr(importlib.import_module(f"smoothjax.{module}"), name)
-    except (ImportError, AttributeError):
-        pytest.skip(f"smoothjax.{module}.{name} is not available yet")
+    return getattr(importlib.import_module(f"smoothjax.{module}"), name)
 
 
 def _theorem3_reference():
-    try:
-        import theorem3_reference
-    except ImportError:
-        pytest.skip("tests/theorem3_reference.py is not available yet")
+    import theorem3_reference
+
     return theorem3_reference
 
 

@@ -222,13 +222,13 @@ def test_counts_do_not_overflow_in_32_bit_mode():
 def _throughput(repeats=15, inputs=8, batch_size=256, chunks=10):
     """Seconds (min over interleaved repeats) of the bare jitted forward pass and of sample_statistics.
 
-    Model: smoothjax.models.SmallCNN (conv 16, conv 32 stride 2, dense 64, 10 classes) on 8x8x1
+    Model: smoothjax.app.models.SmallCNN (conv 16, conv 32 stride 2, dense 64, 10 classes) on 8x8x1
     inputs. The bare pass evaluates the model on the same number of rows inside one jitted
     ``fori_loop`` (the input changes every step, so XLA cannot hoist the call out of the loop).
     """
     import time
 
-    from smoothjax.models import SmallCNN
+    from smoothjax.app.models import SmallCNN
     from smoothjax.sampling import _sample_statistics_jit
 
     model = SmallCNN(features=(16, 32), hidden=64, num_classes=10)

@@ -33,14 +33,11 @@ SCRIPT = textwrap.dedent(
         out["stats_" + f] = np.asarray(getattr(st, f))
     out["predict"] = np.asarray(predict(clf.apply_fn, clf.params, xs, key, sigma=0.5, n=1000, alpha=0.01,
                                         batch_size=250))
-    from smoothjax.pipeline import missing_requirements
-    methods = tuple(m for m in {methods!r} if not missing_requirements(m))
-    if methods:
-        res = certify(clf.apply_fn, clf.params, xs, key, sigma=0.5, n0=50, n=1000, alpha=0.01, batch_size=250,
-                      methods=methods)
-        out["prediction"] = np.asarray(res.prediction)
-        for name, r in res.radii.items():
-            out["radius_" + name] = np.asarray(r)
+    res = certify(clf.apply_fn, clf.params, xs, key, sigma=0.5, n0=50, n=1000, alpha=0.01, batch_size=250,
+                  methods={methods!r})
+    out["prediction"] = np.asarray(res.prediction)
+    for name, r in res.radii.items():
+        out["radius_" + name] = np.asarray(r)
     np.savez({path!r}, **out)
     """
 )

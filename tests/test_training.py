@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smoothjax import datasets, models, training
+from smoothjax.app import datasets, models, training
 
 
 SMALL_MLP = {"architecture": "mlp", "input_shape": [8, 8, 1], "num_classes": 10, "hidden": [64]}

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from smoothjax import models as _models
-from smoothjax.datasets import Dataset
+from smoothjax.app import models as _models
+from smoothjax.app.datasets import Dataset
 
 LossFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 

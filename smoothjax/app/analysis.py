@@ -1,6 +1,6 @@
 """Reading Cohen-style certification TSVs: certified accuracy curves, plots and a markdown table.
 
-A TSV written by :func:`smoothjax.pipeline.write_tsv` has one row per input with columns ``idx``,
+A TSV written by :func:`smoothjax.app.tsv.write_tsv` has one row per input with columns ``idx``,
 ``label``, ``predict`` (-1 = abstain), one ``radius_<method>`` column per certificate (input
 units, 0 where abstaining), ``correct`` (1 when ``predict == label``) and ``time``.
 
@@ -15,12 +15,12 @@ own panel because radii in different norms are not comparable.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from smoothjax.app.tsv import AnalysisError, CertificationTable, read_tsv  # noqa: F401  (re-exported)
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -32,65 +32,12 @@ _THREAT_MODELS = (
 )
 
 
-class AnalysisError(ValueError):
-    """A user-facing problem with a TSV file."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CertificationTable:
-    """Columns of one TSV: ``radii`` maps method name -> [rows] radii; ``correct`` [rows] bool."""
-
-    name: str
-    label: np.ndarray
-    predict: np.ndarray
-    correct: np.ndarray
-    radii: dict
-    time: np.ndarray
-
-    @property
-    def methods(self) -> list[str]:
-        return list(self.radii)
-
-
 def threat_model(method: str) -> str:
     """The threat model a method's radius is for: ``"l2"``, ``"l1"``, ``"linf"`` or ``"subspace l2"``."""
     for marker, name in _THREAT_MODELS:
         if (marker in method) if marker == "subspace" else method.endswith(marker):
             return name
     return "other"
-
-
-def read_tsv(path: str, name: str | None = None) -> CertificationTable:
-    """Parse a certification TSV; raises :class:`AnalysisError` with a sentence when it cannot."""
-    if not os.path.isfile(path):
-        raise AnalysisError(f"TSV file {path!r} not found; write one with `smoothjax certify --out {path}`.")
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh, delimiter="\t"))
-    if not rows:
-        raise AnalysisError(f"{path!r} is empty; it must be a TSV written by `smoothjax certify`.")
-    header, body = rows[0], [r for r in rows[1:] if r]
-    columns = {h: i for i, h in enumerate(header)}
-    radius_cols = [h for h in header if h.startswith("radius_")]
-    missing = [c for c in ("label", "predict") if c not in columns]
-    if missing or not radius_cols:
-        raise AnalysisError(
-            f"{path!r} is not a smoothjax certification TSV (needs columns label, predict and radius_<method>; "
-            f"found {', '.join(header)}); write one with `smoothjax certify`."
-        )
-
-    def col(h, dtype=float):
-        try:
-            return np.array([dtype(r[columns[h]]) for r in body])
-        except (ValueError, IndexError):
-            raise AnalysisError(f"column {h!r} of {path!r} has a malformed row; re-run `smoothjax certify`.") from None
-
-    label = col("label", lambda s: int(float(s)))
-    predict = col("predict", lambda s: int(float(s)))
-    correct = col("correct", lambda s: int(float(s))).astype(bool) if "correct" in columns else predict == label
-    time = col("time") if "time" in columns else np.full(len(body), np.nan)
-    radii = {h[len("radius_"):]: col(h) for h in radius_cols}
-    stem = name or os.path.splitext(os.path.basename(path))[0]
-    return CertificationTable(stem, label, predict, correct, radii, time)
 
 
 def certified_accuracy(table: CertificationTable, method: str, radii: Sequence[float]) -> np.ndarray:

@@ -145,5 +145,5 @@ def load_model(path: str):
 
 
 def default_model_path() -> str:
-    """Path of the digits model shipped in ``smoothjax/assets/`` (see ``assets/README.md``)."""
+    """Path of the digits model shipped in ``smoothjax/app/assets/`` (see ``assets/README.md``)."""
     return os.path.join(os.path.dirname(__file__), "assets", "digits_mlp_sigma0.25.msgpack")

@@ -225,7 +225,7 @@ def subspace_mask(spec: str | None, input_shape: Sequence[int]) -> np.ndarray | 
 
 
 def cmd_train(args) -> int:
-    from smoothjax import datasets, models, training
+    from smoothjax.app import datasets, models, training
 
     _check_positive("--sigma", args.sigma)
     _check_positive("--epochs", args.epochs, integer=True)
@@ -240,7 +240,7 @@ def cmd_train(args) -> int:
             raise UsageError(f"--hidden must be comma-separated integers such as 128,128, got {args.hidden!r}.") from None
         config["hidden"] = widths[0] if args.arch == "cnn" else widths
     options = _parse_options(args.objective_option)
-    from smoothjax.training import resolve_objective
+    from smoothjax.app.training import resolve_objective
 
     resolve_objective(args.objective, models.build_model(config).apply, sigma=args.sigma, **options)  # fail early
     print(f"training {args.arch} on {args.dataset} ({len(data)} examples, input shape {data.input_shape}, "
@@ -281,7 +281,8 @@ def run_certify(
     """Certify a dataset split and write ``out`` (TSV); returns ``(table, timing dict, sigma)``."""
     import jax
 
-    from smoothjax import analysis, datasets, models
+    from smoothjax import pipeline
+    from smoothjax.app import analysis, datasets, models, tsv
 
     _check_certify_numbers(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size)
     _check_positive("--skip", skip, integer=True)
@@ -308,10 +309,6 @@ def run_certify(
         subspace = "top"
     mask = subspace_mask(subspace, expected) if "subspace_l2" in methods else None
 
-    try:
-        from smoothjax import pipeline
-    except ImportError as err:
-        raise UsageError(f"certification needs smoothjax.pipeline, which is not available ({err}).") from None
 
     ids = np.arange(len(data))[::skip]
     if max_inputs is not None:
@@ -346,7 +343,7 @@ def run_certify(
     result = results[0] if len(results) == 1 else jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *results)
     out_dir = os.path.dirname(os.path.abspath(out))
     os.makedirs(out_dir, exist_ok=True)
-    pipeline.write_tsv(out, result, labels=data.y[ids], times=np.concatenate(times), input_ids=ids)
+    tsv.write_tsv(out, result, labels=data.y[ids], times=np.concatenate(times), input_ids=ids)
     table = analysis.read_tsv(out)
     timing = {
         "total_s": total,
@@ -359,7 +356,7 @@ def run_certify(
 
 def print_summary(table, timing, *, radii=SUMMARY_RADII, file=None) -> None:
     """Print certified accuracy at ``radii``, ACR per method, and the time per input."""
-    from smoothjax import analysis
+    from smoothjax.app import analysis
 
     file = file or sys.stdout
     line = (f"\nsummary: {len(table.label)} inputs in {timing['total_s']:.1f} s: {timing['per_input_s']:.4f} s per input "
@@ -392,7 +389,7 @@ def cmd_certify(args) -> int:
 
 def run_analyze(paths: Sequence[str], out_dir: str, radii=SUMMARY_RADII) -> list[str]:
     """Plots (PNG + SVG) and ``summary.md`` for TSVs; returns the written paths."""
-    from smoothjax import analysis
+    from smoothjax.app import analysis
 
     tables = [analysis.read_tsv(p) for p in paths]
     names = [t.name for t in tables]
@@ -419,7 +416,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from smoothjax import models
+    from smoothjax.app import models
 
     _check_positive("--max-inputs", args.max_inputs, integer=True)
     _check_positive("--n", args.n, integer=True)
@@ -483,9 +480,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
-    except NotImplementedError as err:  # a certificate whose module is not installed / not built
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0
