@@ -69,6 +69,7 @@ __all__ = [
     "dipole_radius",
     "max_grad_norm",
     "sos_radius",
+    "top2_radius",
 ]
 
 _F_MARGIN = 32.0  # ulps of 1 allowed for the evaluation error of the bound functions
@@ -449,3 +450,75 @@ def _dipole_radius(cs, cn, sigma):
     radius = _float32_safety(jnp.where(active, sigma_safe * r, 0.0))
     radius = jnp.where((cs == 1.0) & ~invalid, jnp.inf, radius)
     return jnp.where(invalid, jnp.nan, radius)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cohen et al. (2019) Theorem 1 with the runner-up class bounded
+# ----------------------------------------------------------------------------------------------
+
+
+def top2_radius(pa_lower, pb_upper, *, sigma):
+    """Cohen et al. (2019) Theorem 1 l2 radius ``sigma/2 (Phi^-1(pA_lower) - Phi^-1(pB_upper))``.
+
+    Cohen, Rosenfeld, Kolter, "Certified Adversarial Robustness via Randomized Smoothing",
+    ICML 2019, Theorem 1: if ``P[f(x + e) = c_A] >= pA_lower >= pB_upper >= max_{c != c_A}
+    P[f(x + e) = c]`` then ``g(x + delta) = c_A`` for every ``||delta||_2 < R`` with
+    ``R = sigma/2 (Phi^-1(pA_lower) - Phi^-1(pB_upper))``. Their CERTIFY uses ``pB = 1 - pA``,
+    which gives ``sigma Phi^-1(pA_lower)`` (:func:`cohen_radius`). Since ``pB <= 1 - pA <=
+    1 - pA_lower`` whenever ``pA >= pA_lower``, ``min(pB_upper, 1 - pA_lower)`` is also an upper
+    bound on the runner-up under the same confidence event, so this function returns the larger
+    of the two forms: ``sigma/2 (Phi^-1(pA_lower) - Phi^-1(min(pB_upper, 1 - pA_lower)))``. The
+    certificate can be positive with ``pA_lower <= 1/2`` (e.g. pA_lower = 0.45, pB_upper = 0.2).
+
+    Confidence: the two bounds must hold jointly. With one-sided Clopper-Pearson bounds on the
+    top-class count (``pA_lower`` at ``alpha/2``) and on the runner-up's count (``pB_upper`` at
+    ``alpha/2``, with the runner-up chosen on the selection samples, not the estimation ones), the
+    union bound gives probability ``>= 1 - alpha`` for the pair, the same guarantee as Cohen's
+    certificate at the full ``alpha``.
+
+    Args:
+      pa_lower: lower confidence bound on the top-class probability, any shape, in [0, 1].
+      pb_upper: upper confidence bound on the runner-up class probability, in [0, 1],
+        broadcastable with ``pa_lower``.
+      sigma: noise standard deviation (input units), > 0, broadcastable (keyword only).
+
+    Returns:
+      radius in input units, 0 where ``pA_lower <= min(pB_upper, 1 - pA_lower)``; ``inf`` where
+      ``pa_lower = 1`` or ``pb_upper = 0 < pa_lower``. Float64 (x64 on). Rounded toward the
+      smaller radius: the difference of the two normal quantiles is lowered by 16 ulps of their
+      magnitudes (``Phi^-1`` evaluates to within a few ulps), so floating-point error never
+      enlarges the radius. NaN under ``jit`` for invalid inputs (probabilities outside [0, 1] or
+      NaN, sigma <= 0 or non-finite), ``ValueError`` outside it.
+
+    Example:
+      >>> import smoothjax.certificates as c
+      >>> round(float(c.top2_radius(0.8, 0.1, sigma=0.5)), 6)  # 0.25 * (0.841621 + 1.281552)
+      0.530793
+    """
+    check_probability("pa_lower", pa_lower)
+    check_probability("pb_upper", pb_upper)
+    check_sigma(sigma)
+    return _top2_radius(as_float(pa_lower), as_float(pb_upper), as_float(sigma))
+
+
+def _quantile(p):
+    """``Phi^-1(p)`` from the accurate side: ``ndtri(p)`` below 1/2, ``-ndtri(1 - p)`` above."""
+    return jnp.where(p > 0.5, _upper_quantile(jnp.where(p > 0.5, p, 0.75)), ndtri(jnp.where(p > 0.5, 0.25, p)))
+
+
+@jax.jit
+def _top2_radius(pa, pb, sigma):
+    pa, pb, sigma = jnp.broadcast_arrays(pa, pb, sigma)
+    invalid = invalid_probability(pa) | invalid_probability(pb) | invalid_sigma(sigma)
+    pb = jnp.minimum(pb, 1.0 - pa)  # 1 - pa is exact for pa >= 1/2, where it can be the smaller
+    active = (pa > pb) & ~invalid
+    infinite = active & ((pa == 1.0) | (pb == 0.0))
+    finite = active & ~infinite
+    za = _quantile(jnp.where(finite, pa, 0.75))
+    zb = _quantile(jnp.where(finite, pb, 0.25))
+    eps = jnp.finfo(za.dtype).eps
+    half_gap = 0.5 * (za - zb) - 16.0 * eps * (jnp.abs(za) + jnp.abs(zb))
+    r = jnp.maximum(half_gap, 0.0) * jnp.where(invalid, 1.0, sigma) * (1.0 - 2.0 * eps)
+    r = _float32_safety(jnp.where(finite, r, 0.0))
+    r = jnp.where(infinite, jnp.inf, r)
+    return jnp.where(invalid, jnp.nan, r)
