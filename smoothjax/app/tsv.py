@@ -305,13 +305,20 @@ def write_cohen_tsv(path: str, result: CertifyResult, labels=None, times=None, i
         fh.writelines(lines)
 
 
-def write_tsv(path, result: CertifyResult, labels=None, times=None, input_ids=None) -> None:
-    """Write a Cohen-style TSV: ``idx, label, predict, radius_<method>..., correct, time``.
+def tsv_header(methods) -> list[str]:
+    """Column names of a smoothjax TSV for ``methods`` (written in :data:`ALL_METHODS` order)."""
+    names = [m for m in ALL_METHODS if m in methods]
+    return ["idx", "label", "predict", *[f"radius_{m}" for m in names], "correct", "time"]
 
-    One row per input. ``idx`` is ``input_ids`` (default: the ids stored in ``result``); ``label``
-    is -1 and ``correct`` 0 when ``labels`` is None; ``time`` is seconds per input (``nan`` when
-    ``times`` is None). Radii are written with Python's shortest round-trip float repr, so
-    reading them back gives exactly the certified numbers (never rounded up).
+
+def format_rows(result: CertifyResult, labels=None, times=None, input_ids=None) -> list[str]:
+    """The TSV lines (each ending in ``"\\n"``) of ``result``, one per input, in its order.
+
+    ``idx`` is ``input_ids`` (default: the ids stored in ``result``); ``label`` is -1 and
+    ``correct`` 0 when ``labels`` is None; ``time`` is seconds per input (``nan`` when ``times``
+    is None). Radii are written with Python's shortest round-trip float repr, so reading them
+    back gives exactly the certified numbers (never rounded up). The same inputs always give
+    the same bytes, apart from the ``time`` column.
     """
     prediction = np.asarray(result.prediction)
     batch = prediction.shape[0]
@@ -324,11 +331,94 @@ def write_tsv(path, result: CertifyResult, labels=None, times=None, input_ids=No
     names = [m for m in ALL_METHODS if m in result.radii]
     radii = {m: np.asarray(result.radii[m], float) for m in names}
     correct = (prediction == lab) & (lab >= 0) if labels is not None else np.zeros(batch, bool)
+    return [
+        "\t".join([str(int(idx[i])), str(int(lab[i])), str(int(prediction[i])),
+                   *[repr(float(radii[m][i])) for m in names], str(int(correct[i])), f"{tim[i]:.6f}"]) + "\n"
+        for i in range(batch)
+    ]
+
+
+def write_tsv(path, result: CertifyResult, labels=None, times=None, input_ids=None) -> None:
+    """Write a Cohen-style TSV: ``idx, label, predict, radius_<method>..., correct, time``.
+
+    One row per input (see :func:`format_rows` for the columns and number formats).
+    """
+    lines = format_rows(result, labels=labels, times=times, input_ids=input_ids)
     with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        writer.writerow(["idx", "label", "predict", *[f"radius_{m}" for m in names], "correct", "time"])
-        for i in range(batch):
-            writer.writerow(
-                [int(idx[i]), int(lab[i]), int(prediction[i]), *[repr(float(radii[m][i])) for m in names],
-                 int(correct[i]), f"{tim[i]:.6f}"]
-            )
+        fh.write("\t".join(tsv_header(result.radii)) + "\n")
+        fh.writelines(lines)
+
+
+# ---------------------------------------------------------------------------- streaming writes
+
+
+def append_lines(path: str, lines) -> None:
+    """Append complete lines to ``path`` durably: one write, then flush and ``fsync``.
+
+    After this returns, the lines survive a crash of the process (and, as far as the file system
+    honours ``fsync``, of the machine). A process killed inside the call can leave a torn last
+    line, which :func:`read_complete_rows` drops.
+    """
+    data = "".join(lines).encode()
+    with open(path, "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_lines_atomic(path: str, lines) -> None:
+    """Replace ``path`` with ``lines`` atomically (a synced temporary file renamed over it)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write("".join(lines).encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _row_ok(fields: list[str], width: int) -> bool:
+    if len(fields) != width:
+        return False
+    try:
+        int(fields[0])
+        for f in fields[1:]:
+            float(f)
+    except ValueError:
+        return False
+    return True
+
+
+def read_complete_rows(path: str) -> tuple[str | None, list[str], int]:
+    """Read a TSV being streamed: ``(header line or None, complete row lines, rows dropped)``.
+
+    A line without its final newline (a write cut short by a kill) is dropped, and so is any row
+    whose field count differs from the header's or whose fields are not numbers (``idx`` an
+    integer). Returned lines keep their ``"\\n"``; the header is None when the file is empty
+    or even its first line is torn.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read()
+    text = data.decode("utf-8", errors="replace")
+    lines = text.splitlines(keepends=True)
+    dropped = 0
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+        dropped += 1
+    if not lines:
+        return None, [], dropped
+    header, rows = lines[0], []
+    width = len(header.rstrip("\n").split("\t"))
+    for line in lines[1:]:
+        if _row_ok(line.rstrip("\n").split("\t"), width):
+            rows.append(line)
+        elif line.strip():
+            dropped += 1
+    return header, rows, dropped
