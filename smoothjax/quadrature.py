@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from smoothjax._config import float_dtype
 
@@ -47,7 +49,14 @@ NODES_PER_PANEL = 16
 @functools.lru_cache(maxsize=None)
 def gauss_hermite_normal(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes ``z`` and weights ``w`` (float64 NumPy arrays of shape ``[n]``) with
-    ``E[f(Z)] ~= sum(w * f(z))`` for Z ~ N(0, 1); ``sum(w) == 1``. Cached per ``n``."""
+    ``E[f(Z)] ~= sum(w * f(z))`` for Z ~ N(0, 1); ``sum(w) == 1``. Cached per ``n``.
+
+    Example:
+      >>> from smoothjax.quadrature import gauss_hermite_normal
+      >>> z, w = gauss_hermite_normal(8)
+      >>> print(f"{w.sum():.12f} {(w * z**2).sum():.12f}")  # E[1], E[Z^2]
+      1.000000000000 1.000000000000
+    """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
     z, w = np.polynomial.hermite_e.hermegauss(int(n))
@@ -59,7 +68,14 @@ def gauss_hermite_normal(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=None)
 def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss-Legendre nodes and weights on [-1, 1] (float64 NumPy, shape ``[n]``). Cached per ``n``."""
+    """Gauss-Legendre nodes and weights on [-1, 1] (float64 NumPy, shape ``[n]``). Cached per ``n``.
+
+    Example:
+      >>> from smoothjax.quadrature import gauss_legendre
+      >>> t, w = gauss_legendre(4)
+      >>> print(f"{w.sum():.12f} {(w * t**6).sum():.12f}")  # int 1, int t^6 = 2/7 over [-1, 1]
+      2.000000000000 0.285714285714
+    """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
     t, w = np.polynomial.legendre.leggauss(int(n))
@@ -68,7 +84,8 @@ def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
     return t, w
 
 
-def gaussian_panel_rule(lo, hi, *, nodes_per_panel: int = NODES_PER_PANEL):
+def gaussian_panel_rule(lo: ArrayLike, hi: ArrayLike, *,
+                        nodes_per_panel: int = NODES_PER_PANEL) -> tuple[jax.Array, jax.Array]:
     """Nodes and weights for ``int_lo^hi phi(x) f(x) dx ~= sum(w * phi(x) * f(x))``.
 
     The interval is clipped to ``[-WINDOW, WINDOW]`` (``lo`` may be ``-inf`` and ``hi`` ``+inf``)
@@ -83,6 +100,14 @@ def gaussian_panel_rule(lo, hi, *, nodes_per_panel: int = NODES_PER_PANEL):
 
     Returns:
       ``(x, w)``, each of shape ``S + (P * nodes_per_panel,)`` with ``P = len(BREAKPOINTS) + 1``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jax.scipy.stats import norm
+      >>> from smoothjax.quadrature import gaussian_panel_rule
+      >>> x, w = gaussian_panel_rule(-jnp.inf, 0.3)  # P(Z < 0.3) = Phi(0.3)
+      >>> print(x.shape, bool(abs(jnp.sum(w * norm.pdf(x)) - norm.cdf(0.3)) < 1e-14))
+      (64,) True
     """
     dtype = float_dtype()
     t, wt = gauss_legendre(nodes_per_panel)

@@ -18,10 +18,14 @@ from scipy.stats import norm
 import smoothjax
 from smoothjax import directional_radius, theorem3_coefficients, theorem3_p_lower
 from smoothjax.certificates import sos_radius
+from smoothjax.theorem3 import directional_radius_solution
+from smoothjax.theorem3._moments import QUAD_ERR
+from smoothjax.theorem3._newton import NEWTON_ITERS, band_edges
+from smoothjax.theorem3._radius import RADIUS_ITERS, RADIUS_STEPS, band_radius, radius_batch
 
 theorem3_reference = pytest.importorskip("theorem3_reference")
 
-P_ABS_TOL = 1e-8  # issue 3 acceptance
+P_ABS_TOL = 1e-8  # acceptance tolerances
 R_REL_TOL = 1e-7
 OVER_TOL = 1e-12  # allowed non-conservative error
 
@@ -140,9 +144,9 @@ def test_cohen_corner_is_exact_with_its_gradient():
     M, z = norm.pdf(norm.ppf(q)), norm.ppf(q)
     m1 = M * np.tile([-1.0, -1.5], 3)
     m2 = np.zeros_like(q)
-    R, out = jax.jit(smoothjax.theorem3._radius)(q, m1, m2)
-    np.testing.assert_allclose(np.asarray(R), z, rtol=1e-15)
-    assert np.all(np.asarray(out["converged"]))
+    sol = directional_radius_solution(q, m1, m2)
+    np.testing.assert_allclose(np.asarray(sol.radius), z, rtol=1e-15)
+    assert np.all(np.asarray(sol.converged))
     gq, gm1, gm2 = jax.jit(jax.vmap(jax.grad(directional_radius, argnums=(0, 1, 2))))(q, m1, m2)
     np.testing.assert_allclose(np.asarray(gq), 1.0 / M, rtol=1e-12)
     assert np.all(np.asarray(gm1) == 0.0) and np.all(np.asarray(gm2) == 0.0)
@@ -153,15 +157,16 @@ def test_cohen_corner_is_exact_with_its_gradient():
         np.testing.assert_allclose(np.asarray(dp), norm.pdf(z - r) / M, rtol=1e-12)
 
 
-@pytest.mark.parametrize("q,m1f,m2f", [(0.56, 0.35, 0.19), (0.87, -0.02, 0.51), (0.99, 0.64, 0.12), (0.66, -0.38, 0.01)])
+@pytest.mark.parametrize("q,m1f,m2f",
+                         [(0.56, 0.35, 0.19), (0.87, -0.02, 0.51), (0.99, 0.64, 0.12), (0.66, -0.38, 0.01)])
 def test_band_lower_end_is_certified_by_the_reference(q, m1f, m2f):
     """The radius solve starts at the m2 = 0 band's radius and takes as certified lower end the
     point where a weak-duality bound of the band exceeds 1/2: the reference p_lower there (with
     the m2 constraint, and without it) is >= 1/2, and the band radius is the m2 = 0 radius."""
     q, m1, m2 = _point(q, m1f, m2f)
-    edges = smoothjax.theorem3._band_edges(q, m1)
-    band = smoothjax.theorem3._band_radius(q, m1, edges)
-    r_band, lo = float(band["r"]), float(band["lo"])
+    edges = band_edges(q, m1)
+    band = band_radius(q, m1, edges)
+    r_band, lo = float(band.r), float(band.lo)
     assert lo > norm.ppf(q)  # the band improved on Cohen's lower end
     assert theorem3_reference.reference_p_lower(lo, q, m1, 0.0) >= 0.5
     assert theorem3_reference.reference_p_lower(lo, q, m1, m2) >= 0.5
@@ -177,9 +182,9 @@ def test_m2_zero_band_closed_form_and_gradient():
     q = np.array([0.55, 0.9, 0.999, 0.9999999])
     G = np.array([0.3, 0.8, 0.1, 0.5]) * norm.pdf(norm.ppf(q)) / sigma
     m1, m2 = -sigma * G, np.zeros_like(q)
-    R, out = jax.jit(smoothjax.theorem3._radius)(q, m1, m2)
-    assert np.all(np.asarray(out["evaluations"]) == 0) and np.all(np.asarray(out["converged"]))
-    R = np.asarray(R)
+    sol = directional_radius_solution(q, m1, m2)
+    assert np.all(np.asarray(sol.evaluations) == 0) and np.all(np.asarray(sol.converged))
+    R = np.asarray(sol.radius)
     sos = np.asarray(sos_radius(q, G, sigma))
     assert np.all(np.abs(sigma * R - sos) <= 2e-9 * sos) and np.all(sigma * R <= sos * (1 + 1e-12))
     gq, gm1 = jax.jit(jax.vmap(jax.grad(directional_radius, argnums=(0, 1))))(q, m1, m2)
@@ -204,22 +209,21 @@ def test_radius_does_not_depend_on_the_slots():
     q, m1, m2 = _benchmark_like(40, seed=3)
     q[5], m1[5], m2[5] = 0.4, 0.0, 0.0  # closed forms mixed in (q <= 1/2 and Cohen's corner)
     q[9], m1[9], m2[9] = 0.9, -_M(0.9), 0.0
-    outs = [jax.jit(smoothjax.theorem3._radius_batch, static_argnums=3)(q, m1, m2, w) for w in (3, 40)]
+    outs = [jax.jit(radius_batch, static_argnums=3)(q, m1, m2, w) for w in (3, 40)]
     for o in outs[1:]:
-        np.testing.assert_allclose(np.asarray(o["R"]), np.asarray(outs[0]["R"]), rtol=1e-14, atol=0)
-        np.testing.assert_allclose(np.asarray(o["lam"]), np.asarray(outs[0]["lam"]), rtol=1e-12, atol=1e-300)
-        np.testing.assert_array_equal(np.asarray(o["evaluations"]), np.asarray(outs[0]["evaluations"]))
-    R = np.asarray(outs[0]["R"])
+        np.testing.assert_allclose(np.asarray(o.R), np.asarray(outs[0].R), rtol=1e-14, atol=0)
+        np.testing.assert_allclose(np.asarray(o.lam), np.asarray(outs[0].lam), rtol=1e-12, atol=1e-300)
+        np.testing.assert_array_equal(np.asarray(o.evaluations), np.asarray(outs[0].evaluations))
+    R = np.asarray(outs[0].R)
     assert R[5] == 0.0 and R[9] == norm.ppf(0.9)
 
 
 def test_radius_cost_in_moment_evaluations():
     """Algorithmic cost, not time: the number of moment evaluations per radius on the
-    benchmark's input distribution (7.5 on average when this was written; the nested solves
-    before the slot machine took 12, and the batch paid 32)."""
-    out = jax.jit(smoothjax.theorem3._radius_batch)(*_benchmark_like(500))
-    evals = np.asarray(out["evaluations"])
-    assert np.all(np.asarray(out["converged"]))
+    benchmark's input distribution (about 7.5 on average)."""
+    sol = directional_radius_solution(*_benchmark_like(500))
+    evals = np.asarray(sol.evaluations)
+    assert np.all(np.asarray(sol.converged))
     assert evals.mean() <= 9.0 and evals.max() <= 30, (evals.mean(), evals.max())
 
 
@@ -267,7 +271,8 @@ def test_jit_vmap_grad_and_no_recompilation():
     m1, m2 = -0.4 * M, 0.5 * M
     g = jax.jit(jax.vmap(jax.grad(directional_radius, argnums=(0, 1, 2))))
     gq, gm1, gm2 = g(q, m1, m2)
-    eager = [jax.grad(directional_radius, argnums=(0, 1, 2))(float(a), float(b), float(c)) for a, b, c in zip(q, m1, m2)]
+    grad = jax.grad(directional_radius, argnums=(0, 1, 2))
+    eager = [grad(float(a), float(b), float(c)) for a, b, c in zip(q, m1, m2)]
     np.testing.assert_allclose(np.asarray(gq), [float(e[0]) for e in eager], rtol=1e-10)
     np.testing.assert_allclose(np.asarray(gm2), [float(e[2]) for e in eager], rtol=1e-10)
     assert bool(jnp.all(gq > 0)) and bool(jnp.all(gm2 > 0))
@@ -323,6 +328,8 @@ def test_float32_inputs_are_promoted():
 def test_exported():
     for name in ("theorem3_coefficients", "theorem3_p_lower", "directional_radius", "Theorem3Solution"):
         assert hasattr(smoothjax, name)
+    for name in smoothjax.theorem3.__all__:
+        assert hasattr(smoothjax.theorem3, name)
 
 
 # Near the arc max(m1,0)^2 + m2^2 = M^2 the multipliers reach 1e6..1e10 and the solve may stop
@@ -356,20 +363,62 @@ def test_near_arc_radius_is_finite_and_at_least_cohen():
 
 
 def test_large_radii_toward_the_gradient_converge_and_follow_proposition_2():
-    """|grad| = 0.99 M at q = 0.6: radii up to ~3 toward the gradient (m1 > 0) took ~80 moment
-    evaluations before the slot machine (17 now); they must converge, decrease as v turns away
-    (Proposition 2) and match the reference."""
+    """|grad| = 0.99 M at q = 0.6: radii up to ~3 toward the gradient (m1 > 0), the most expensive
+    (up to ~17 moment evaluations); they must converge, decrease as v turns away (Proposition 2)
+    and match the reference."""
     q = 0.6
     G = 0.99 * _M(q)
     angles = np.linspace(0.0, np.pi, 13)
-    sol = jax.jit(smoothjax.theorem3._radius_batch)(np.full(13, q), G * np.cos(angles), G * np.sin(angles))
-    R = np.asarray(sol["R"])
-    assert np.all(np.asarray(sol["converged"]))
+    sol = directional_radius_solution(np.full(13, q), G * np.cos(angles), G * np.sin(angles))
+    R = np.asarray(sol.radius)
+    assert np.all(np.asarray(sol.converged))
     assert np.all(np.diff(R) <= 1e-12)
     assert np.all(R >= norm.ppf(q))
     ref = theorem3_reference.reference_directional_radius(q, G * math.cos(angles[2]), G * math.sin(angles[2]))
     ours = float(directional_radius(q, G * math.cos(angles[2]), G * math.sin(angles[2])))
     assert (ref - ours) / ref <= R_REL_TOL and (ours - ref) / ref <= OVER_TOL
+
+
+def test_directional_radius_solution_is_the_radius_with_its_diagnostics():
+    """The solution's radius is directional_radius's, bit for bit, on benchmark-like inputs mixed
+    with closed forms (q <= 1/2, Cohen's corner, the m2 = 0 band), and every solve converged."""
+    q, m1, m2 = _benchmark_like(24, seed=5)
+    q[3], m1[3], m2[3] = 0.4, 0.0, 0.0
+    q[7], m1[7], m2[7] = 0.9, -_M(0.9), 0.0
+    q[11], m1[11], m2[11] = 0.9, -0.3 * _M(0.9), 0.0
+    sol = directional_radius_solution(q, m1, m2)
+    R = np.asarray(directional_radius(q, m1, m2))
+    np.testing.assert_array_equal(np.asarray(sol.radius), R)
+    assert np.all(np.asarray(sol.converged))
+    steps, evals = np.asarray(sol.steps), np.asarray(sol.evaluations)
+    assert steps.dtype == np.int32 and evals.dtype == np.int32
+    closed = np.zeros(24, bool)
+    closed[[3, 7, 11]] = True
+    assert np.all(steps[closed] == 0) and np.all(evals[closed] == 0)
+    assert np.all(steps[~closed] >= 1) and np.all(evals[~closed] >= steps[~closed])
+    # scalar input and jit
+    s0 = jax.jit(directional_radius_solution)(q[0], m1[0], m2[0])
+    assert float(s0.radius) == float(jax.jit(directional_radius)(q[0], m1[0], m2[0])) and bool(s0.converged)
+
+
+def test_directional_radius_solution_reports_the_budget_near_the_arc():
+    """Near the arc the multipliers blow up: the first point spends its moments-evaluation budget
+    (RADIUS_STEPS, checked when an inner solve ends, so overrun by at most one solve) and reports
+    converged False; every point stays within the r-step and evaluation limits."""
+    q, m1, m2 = _near_arc_inputs()
+    sol = directional_radius_solution(q, m1, m2)
+    np.testing.assert_array_equal(np.asarray(sol.radius), np.asarray(directional_radius(q, m1, m2)))
+    steps, evals, conv = np.asarray(sol.steps), np.asarray(sol.evaluations), np.asarray(sol.converged)
+    assert np.all(steps <= RADIUS_ITERS) and np.all(evals >= steps)
+    assert np.all(evals <= RADIUS_STEPS + 2 * NEWTON_ITERS)
+    assert not conv[0] and evals[0] >= RADIUS_STEPS
+    assert np.all(evals[conv] < RADIUS_STEPS)
+    # infeasible input inside jit: NaN radius, not converged
+    M = _M(0.9)
+    bad = jax.jit(directional_radius_solution)(0.9, 0.8 * M, 0.8 * M)
+    assert np.isnan(float(bad.radius)) and not bool(bad.converged)
+    with pytest.raises(ValueError, match="infeasible"):
+        directional_radius_solution(0.9, 0.8 * M, 0.8 * M)
 
 
 @pytest.mark.slow
@@ -399,7 +448,7 @@ def test_dense_acceptance_grid_p_lower():
                     # error of the constraint integrals (up to 1.2e-8 at q = 0.99999, r = 4, where
                     # lam ~ 1e5); that conservative shift is allowed on top of the 1e-8.
                     lam = np.asarray(theorem3_coefficients(r, q, m1f * M, m2).lam)
-                    allowance = smoothjax.theorem3._QUAD_ERR * float(np.sum(lam))
+                    allowance = QUAD_ERR * float(np.sum(lam))
                     worst_abs = max(worst_abs, abs(ours - ref) - (allowance if ours < ref else 0.0))
                     worst_over = max(worst_over, ours - ref)
     print(f"p_lower: max |err| {worst_abs:.2e}, max over {worst_over:.2e}")

@@ -125,7 +125,8 @@ def test_envelope_theorem():
 
 
 def corollary31_radius(q, m1):
-    """Corollary 3.1 as printed: (r, w1, w2) solving (6), (7a), (7b) with fsolve (sign of (7b) per issue 3)."""
+    """Corollary 3.1: (r, w1, w2) solving (6), (7a), (7b) with fsolve, (7b) read as
+    phi(w2) - phi(w1) = m1 (the band w2 < Z1 < w1 has E[Z1; band] = phi(w2) - phi(w1))."""
 
     def eqs(z):
         r, w1, w2 = z

@@ -42,7 +42,7 @@ As tau -> 0 (m2 -> 0), Phi(c) -> 1{u > 0}: the three-equation branch becomes the
 1{w2 < Z1 < w1} of Corollary 3.1 / second paper Theorem 1 (SoS), the fallback the half-space
 1{Z1 < Phi^-1(q)} (Cohen). m2 = 0 is solved in closed form by those.
 
-Conventions (issue 3): M = phi(Phi^-1(q)); feasible (m1, m2) satisfy 0 <= m2 <= M and, above the
+Conventions: M = phi(Phi^-1(q)); feasible (m1, m2) satisfy 0 <= m2 <= M and, above the
 fallback threshold, m1^2 + m2^2 <= M^2 (m1 <= M). Any m1 at or below the fallback threshold
 T(r, q, m2) (the value of E[Z1 Phi(c)] at the fallback solution) gives the fallback value. At
 m2 = M, p_lower(r) = q for all r. On the upper arc m1 = +sqrt(M^2 - m2^2) the only feasible h is the
