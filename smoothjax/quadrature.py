@@ -46,7 +46,7 @@ BREAKPOINTS = (-3.0, 0.0, 3.0)
 NODES_PER_PANEL = 16
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gauss_hermite_normal(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes ``z`` and weights ``w`` (float64 NumPy arrays of shape ``[n]``) with
     ``E[f(Z)] ~= sum(w * f(z))`` for Z ~ N(0, 1); ``sum(w) == 1``. Cached per ``n``.
@@ -66,7 +66,7 @@ def gauss_hermite_normal(n: int) -> tuple[np.ndarray, np.ndarray]:
     return z, w
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre nodes and weights on [-1, 1] (float64 NumPy, shape ``[n]``). Cached per ``n``.
 

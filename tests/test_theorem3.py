@@ -87,10 +87,10 @@ def test_solution_satisfies_the_theorem_equations():
         c0, c1, c2 = (float(v) for v in (sol.c0, sol.c1, sol.c2))
         assert bool(sol.converged) and int(sol.branch) in (0, 1)
 
-        def c(x):
+        def c(x, c0=c0, c1=c1, c2=c2, r=r):
             return c0 + c1 * x + c2 * math.exp(min(r * x, 700.0))
 
-        def quad(f):
+        def quad(f, r=r):
             return integrate.quad(f, -14, 14 + r, epsabs=1e-14, epsrel=1e-13, limit=400)[0]
 
         assert abs(quad(lambda x: norm.pdf(x) * norm.cdf(c(x))) - q) < 1e-10
@@ -100,7 +100,7 @@ def test_solution_satisfies_the_theorem_equations():
             assert abs(e1 - m1) < 1e-10
         else:  # fallback: c1 = 0 and the m1 constraint is slack
             assert c1 == 0.0 and e1 >= m1 - 1e-12
-        p = quad(lambda x: norm.pdf(x - r) * norm.cdf(c(x)))
+        p = quad(lambda x, r=r: norm.pdf(x - r) * norm.cdf(c(x)))
         assert abs(float(sol.p_lower) - p) < 1e-9 and float(sol.p_lower) <= p + 1e-12
 
 

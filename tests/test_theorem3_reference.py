@@ -221,7 +221,8 @@ def test_radius_solves_half_and_proposition_2():
     assert ref.reference_directional_radius(0.5, 0.0, 0.1) == 0.0
 
 
-@pytest.mark.parametrize("args", [(0.8, 0.0, -0.1), (0.8, 0.3, 0.0), (0.8, 0.25, 0.2), (1.0, 0.0, 0.1), (0.8, 0.0, 0.3)])
+@pytest.mark.parametrize("args",
+                         [(0.8, 0.0, -0.1), (0.8, 0.3, 0.0), (0.8, 0.25, 0.2), (1.0, 0.0, 0.1), (0.8, 0.0, 0.3)])
 def test_infeasible_raises(args):
     with pytest.raises(ValueError):
         ref.reference_directional_radius(*args)

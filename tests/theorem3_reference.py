@@ -528,7 +528,8 @@ def _three_solution(r, q, m1, m2, start):
     return _best(attempts)
 
 
-def reference_coefficients(r: float, q: float, m1: float, m2: float, *, _start=None, check: bool = True) -> ReferenceSolution:
+def reference_coefficients(r: float, q: float, m1: float, m2: float, *, _start=None,
+                           check: bool = True) -> ReferenceSolution:
     """Solve the Theorem 3 system at (r, q, m1, m2) (dimensionless) to round-off; see module docstring.
 
     Raises ValueError for infeasible input (m2 outside [0, M], m1 > M, or m1 above the fallback
