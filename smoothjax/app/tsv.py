@@ -66,7 +66,7 @@ class CertificationTable:
     ``radii`` maps method name -> ``[rows]`` radii (input units); ``correct`` is ``[rows]`` bool;
     ``time`` seconds per input (NaN where unknown); ``idx`` the input ids (None if the file has
     none); ``settings`` the known subset of ``sigma``, ``n``, ``alpha``; ``source_format`` one of
-    ``"smoothjax"``, ``"cohen"``, ``"levine"``.
+    ``"smoothjax"``, ``"cohen"``, ``"levine"``; ``path`` the file read.
     """
 
     name: str
@@ -78,6 +78,7 @@ class CertificationTable:
     idx: np.ndarray | None = None
     settings: dict = dataclasses.field(default_factory=dict)
     source_format: str = "smoothjax"
+    path: str = ""
 
     @property
     def methods(self) -> list[str]:
@@ -220,7 +221,7 @@ def read_tsv(path: str, name: str | None = None, *, method: str | None = None,
     found = {**settings_from_path(path), **read_sidecar(path)}
     found.update({k: v for k, v in (settings or {}).items() if v is not None})
     stem = name or _stem(base)
-    return CertificationTable(stem, label, predict, correct, radii, time, idx, found, source)
+    return CertificationTable(stem, label, predict, correct, radii, time, idx, found, source, path)
 
 
 def expand_log_paths(paths: Sequence[str]) -> list[str]:
