@@ -4,7 +4,9 @@
 
     smoothjax demo [--out DIR]                       # the shipped digits model: certify + analyze a subset
     smoothjax train --dataset digits --sigma 0.25 --out model.msgpack
-    smoothjax certify --model model.msgpack --dataset digits --sigma 0.25 --n 10000 --out cert.tsv
+    smoothjax certify --model model.msgpack --dataset digits --sigma 0.25 --n 10000 --out cert.tsv [--resume]
+    smoothjax certify ... --shard 0/4 --out cert.shard0.tsv      # one of four independent jobs
+    smoothjax merge cert.shard0.tsv cert.shard1.tsv ... --out cert.tsv
     smoothjax analyze cert.tsv [more.tsv ...] --out analysis/
 
 User mistakes (a missing file, arrays of the wrong shape, sigma <= 0, n0 > n, an unknown method,
@@ -61,11 +63,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="smoothjax", description="Randomized-smoothing certificates in JAX.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,certify,analyze,demo}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,certify,merge,analyze,demo}", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("train", help="train a classifier with Gaussian noise augmentation")
-    _add_dataset_args(p)
+    p.add_argument("--dataset", default="digits", help="digits | spirals | swissroll | path/to/data.npz (arrays x, y)")
     p.add_argument("--arch", default="mlp", help="mlp | cnn")
     p.add_argument("--hidden", default=None, help="comma-separated hidden widths (mlp), e.g. 128,128")
     p.add_argument("--sigma", type=float, required=True, help="noise std in input units (certify with the same sigma)")
@@ -80,22 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("certify", help="certify inputs with chosen methods and write a Cohen-style TSV")
     _add_certify_args(p)
-    p.add_argument("--out", required=True, help="TSV path to write")
+    p.add_argument("--out", required=True, help="TSV path to write (rows are appended as inputs finish; settings in OUT.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue OUT: skip the inputs already written (the settings must be the same); starts OUT if missing")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT instead of refusing")
+    p.add_argument("--shard", default=None, metavar="I/K",
+                   help="certify only the inputs at positions p with p %% K == I (one of K independent jobs; join with merge)")
+    p.add_argument("--format", default="smoothjax", choices=("smoothjax", "cohen"),
+                   help="smoothjax: a radius column per method (default); cohen: Cohen et al.'s columns for one method")
+    p.add_argument("--cohen-method", default=None,
+                   help="the method whose radius --format cohen writes (default: the first of --methods)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("merge", help="join the shard TSVs of one certify job into one TSV")
+    p.add_argument("tsv", nargs="+", help="the shard TSVs (each with its OUT.json sidecar)")
+    p.add_argument("--out", required=True, help="merged TSV path to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
     p = sub.add_parser("analyze", help="certified accuracy vs radius plots and a markdown table from TSVs")
-    p.add_argument("tsv", nargs="+",
-                   help="TSVs written by `smoothjax certify`, Cohen et al.'s logs (idx label predict radius correct time), "
-                        "the second paper's logs (N_<n>, second_order_N_<n>, dipole_N_<n>), or directories of them")
+    p.add_argument("tsv", nargs="+", help="one or more TSVs written by `smoothjax certify`")
     p.add_argument("--out", default="smoothjax-analysis", help="output directory (default: smoothjax-analysis)")
     p.add_argument("--radii", default=",".join(f"{r:g}" for r in SUMMARY_RADII), help="radii for the table")
-    p.add_argument("--method", default=None,
-                   help="method name for logs with a single radius column (default cohen_l2, or what a second-paper file name says)")
-    p.add_argument("--sigma", type=float, default=None, help="noise level of the logs (default: from OUT.json or the path)")
-    p.add_argument("--n", type=int, default=None, help="estimation samples of the logs (default: from OUT.json or the file name)")
-    p.add_argument("--alpha", type=float, default=None,
-                   help="failure probability of the logs (default: from OUT.json; needed for HighProb accuracy)")
-    p.add_argument("--rho", type=float, default=0.001,
-                   help="HighProb accuracy holds with probability >= 1 - RHO over the certification noise (default 0.001)")
 
     p = sub.add_parser("demo", help="certify + analyze a digits subset with the shipped model")
     p.add_argument("--out", default="smoothjax-demo", help="output directory (default: smoothjax-demo)")
@@ -105,27 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_dataset_args(p):
-    p.add_argument("--dataset", default="digits",
-                   help="digits | spirals | swissroll | cifar10[:DIR] | cifar100[:DIR] | mnist[:DIR] | imagenet:DIR (class folders) "
-                        "| a directory of one of these | path/to/data.npz (arrays x, y)")
-    p.add_argument("--layout", default=None, choices=("nhwc", "nchw"),
-                   help="layout of a 4-D .npz image array; needed when its channel axis cannot be told from the shape")
-    p.add_argument("--scale", type=float, default=None,
-                   help="divide the inputs by SCALE: required for integer (uint8) .npz pixels, e.g. 255 maps 0..255 to [0, 1]; "
-                        "image formats default to 255")
-    p.add_argument("--download", action="store_true",
-                   help="fetch cifar10 or mnist from the official source when the files are missing (nothing is downloaded otherwise)")
-
-
-def _dataset_options(args) -> dict:
-    """The ``load_dataset`` keywords of the dataset arguments."""
-    return {"layout": args.layout, "scale": args.scale, "download": args.download}
-
-
 def _add_certify_args(p):
     p.add_argument("--model", default=None, help="checkpoint from `smoothjax train` (default: the shipped digits model)")
-    _add_dataset_args(p)
+    p.add_argument("--dataset", default="digits", help="digits | spirals | swissroll | path/to/data.npz (arrays x, y)")
     p.add_argument("--split", default="test", help="train | test (default test)")
     p.add_argument("--sigma", type=float, default=None, help="noise std (default: the sigma the model was trained with)")
     p.add_argument("--n0", type=int, default=100, help="samples for selecting the top class (default 100)")
@@ -139,7 +128,8 @@ def _add_certify_args(p):
                         "'centre' (image halves / central quarter) or a .npy boolean mask of the input shape")
     p.add_argument("--max-inputs", type=int, default=None, help="certify at most this many inputs")
     p.add_argument("--skip", type=int, default=1, help="certify every SKIP-th input (default 1)")
-    p.add_argument("--inputs-per-call", type=int, default=10, help="inputs per compiled call (progress granularity)")
+    p.add_argument("--inputs-per-call", type=int, default=10,
+                   help="inputs per compiled call; rows are written (and resumed) a call at a time (default 10)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -259,7 +249,7 @@ def cmd_train(args) -> int:
     _check_positive("--epochs", args.epochs, integer=True)
     _check_positive("--batch-size", args.batch_size, integer=True)
     _check_positive("--lr", args.lr)
-    data = datasets.load_dataset(args.dataset, "train", **_dataset_options(args))
+    data = datasets.load_dataset(args.dataset, "train")
     config = models.default_config(args.arch, data.input_shape, data.num_classes)
     if args.hidden:
         try:
@@ -292,7 +282,7 @@ def cmd_train(args) -> int:
     models.save_model(args.out, config, result.params)
     msg = f"saved {args.out} ({os.path.getsize(args.out) / 1024:.0f} KB) after {time.perf_counter() - start:.1f} s"
     try:
-        test = datasets.load_dataset(args.dataset, "test", **{**_dataset_options(args), "download": False})
+        test = datasets.load_dataset(args.dataset, "test")
         clean = training.accuracy(result.apply_fn, result.params, test.x, test.y)
         noisy = training.accuracy(result.apply_fn, result.params, test.x, test.y, sigma=args.sigma)
         msg += f"; test accuracy {clean:.3f} clean, {noisy:.3f} under noise sigma={args.sigma}"
@@ -304,73 +294,75 @@ def cmd_train(args) -> int:
 
 def run_certify(
     *, model_path, dataset, split, sigma, n0, n, alpha, batch_size, methods, subspace, max_inputs, skip,
-    inputs_per_call, seed, out, progress=True, dataset_options=None,
+    inputs_per_call, seed, out, progress=True, resume=False, overwrite=False, shard=None, tsv_format="smoothjax",
+    format_method=None, command=None,
 ):
-    """Certify a dataset split and write ``out`` (TSV); returns ``(table, timing dict, sigma)``."""
+    """Certify a dataset split into ``out`` (TSV + ``out.json``); returns ``(table, timing dict, sigma)``.
+
+    The work is :func:`smoothjax.app.job.certify_dataset` (streamed rows, resume, shards); the
+    table is the whole file as written (all inputs of this shard, also those of earlier runs).
+    """
     import jax
 
-    from smoothjax import pipeline
-    from smoothjax.app import analysis, datasets, models, tsv
+    from smoothjax.app import analysis, datasets, job, models
 
     _check_certify_numbers(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size)
     _check_positive("--skip", skip, integer=True)
     _check_positive("--max-inputs", max_inputs, integer=True)
     _check_positive("--inputs-per-call", inputs_per_call, integer=True)
+    shard = job.parse_shard(shard) if isinstance(shard, str) else shard
+    if tsv_format == "cohen" and format_method is not None:
+        format_method = parse_methods(format_method)[0]
     apply_fn, params, config = models.load_model(model_path or models.default_model_path())
     if sigma is None:
         sigma = config.get("training", {}).get("sigma")
         if sigma is None:
             raise UsageError("this model does not record its training sigma; pass --sigma.")
-    data = datasets.load_dataset(dataset, split, **(dataset_options or {}))
+    data = datasets.load_dataset(dataset, split)
     expected = tuple(config["input_shape"])
-    data = datasets.match_input_shape(data, expected)  # flattening only: never reorders axes
+    if data.input_shape != expected:
+        if int(np.prod(data.input_shape)) == int(np.prod(expected)):
+            data = datasets.Dataset(data.name, data.split, data.x.reshape((len(data), *expected)), data.y, data.num_classes)
+        else:
+            raise UsageError(
+                f"inputs in {dataset!r} have shape {list(data.input_shape)} but the model expects {list(expected)}; "
+                "certify with a dataset matching the model or train a model on this dataset."
+            )
     if data.num_classes > config["num_classes"]:
         raise UsageError(f"{dataset!r} has labels up to {data.num_classes - 1} but the model has {config['num_classes']} classes.")
     if "subspace_l2" in methods and subspace is None:
         subspace = "top"
     mask = subspace_mask(subspace, expected) if "subspace_l2" in methods else None
 
-
     ids = np.arange(len(data))[::skip]
     if max_inputs is not None:
         ids = ids[:max_inputs]
     if len(ids) == 0:
         raise UsageError("no inputs to certify; lower --skip or raise --max-inputs.")
-    key = jax.random.key(seed)
-    kwargs = dict(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, methods=methods)
-    if mask is not None:
-        kwargs["subspace"] = mask
-
-    from tqdm.auto import tqdm
-
-    # Every call gets exactly `per_call` inputs (the last chunk is padded by repeating its last
-    # input, then trimmed), so the certify program compiles once. Noise depends only on
-    # (seed, input id), so the chunking does not change any number.
-    per_call = min(inputs_per_call, len(ids))
-    results, times = [], []
-    bar = tqdm(total=len(ids), desc="certify", unit="input", disable=not progress, file=sys.stderr)
-    start = time.perf_counter()
-    for lo in range(0, len(ids), per_call):
-        chunk = ids[lo: lo + per_call]
-        padded = np.concatenate([chunk, np.full(per_call - len(chunk), chunk[-1])])
-        t0 = time.perf_counter()
-        res = pipeline.certify(apply_fn, params, data.x[padded], key, input_ids=padded, **kwargs)
-        res = jax.tree_util.tree_map(lambda a: np.asarray(a)[: len(chunk)], res)
-        results.append(res)
-        times.append(np.full(len(chunk), (time.perf_counter() - t0) / len(chunk)))
-        bar.update(len(chunk))
-    bar.close()
-    total = time.perf_counter() - start
-    result = results[0] if len(results) == 1 else jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *results)
-    out_dir = os.path.dirname(os.path.abspath(out))
-    os.makedirs(out_dir, exist_ok=True)
-    tsv.write_tsv(out, result, labels=data.y[ids], times=np.concatenate(times), input_ids=ids)
-    table = analysis.read_tsv(out)
+    model_file = model_path or models.default_model_path()
+    metadata = {
+        "command": list(command) if command is not None else None,
+        "seed": seed,
+        "model": {"path": model_file, "sha256": job.file_sha256(model_file) if os.path.isfile(model_file) else None,
+                  "config": config},
+        "dataset": {"name": dataset, "split": split, "skip": skip, "max_inputs": max_inputs, "size": len(data)},
+        "subspace": subspace if mask is not None else None,
+    }
+    summary = job.certify_dataset(
+        apply_fn, params, data.x[ids], data.y[ids], jax.random.key(seed), out=out, sigma=sigma, n0=n0, n=n,
+        alpha=alpha, batch_size=batch_size, methods=methods, subspace=mask, inputs_per_call=inputs_per_call,
+        input_ids=ids, resume=resume, overwrite=overwrite, shard=shard, format=tsv_format,
+        format_method=format_method, progress=progress, metadata=metadata,
+    )
+    table = analysis.read_tsv(summary.out)
     timing = {
-        "total_s": total,
-        "per_input_s": total / len(ids),
-        "first_call_s": float(times[0][0] * len(results[0].prediction)),
-        "steady_per_input_s": float(np.mean(np.concatenate(times[1:]))) if len(times) > 1 else float("nan"),
+        "total_s": summary.seconds,
+        "per_input_s": summary.seconds / max(1, summary.done_now),
+        "first_call_s": summary.first_chunk_s,
+        "steady_per_input_s": summary.steady_per_input_s,
+        "inputs_this_run": summary.done_now,
+        "inputs_before": summary.done_before,
+        "out": summary.out,
     }
     return table, timing, sigma
 
@@ -380,10 +372,15 @@ def print_summary(table, timing, *, radii=SUMMARY_RADII, file=None) -> None:
     from smoothjax.app import analysis
 
     file = file or sys.stdout
-    line = (f"\nsummary: {len(table.label)} inputs in {timing['total_s']:.1f} s: {timing['per_input_s']:.4f} s per input "
-            f"(the first call, {timing['first_call_s']:.1f} s, includes compilation")
-    if np.isfinite(timing["steady_per_input_s"]):
-        line += f"; {timing['steady_per_input_s']:.4f} s per input after it"
+    this_run = timing.get("inputs_this_run", len(table.label))
+    if this_run == 0:
+        line = f"\nsummary: {len(table.label)} inputs, all certified by earlier runs (nothing left to do"
+    else:
+        line = (f"\nsummary: {len(table.label)} inputs" + (f" ({this_run} certified now)" if this_run != len(table.label) else "")
+                + f"; {this_run} in {timing['total_s']:.1f} s: {timing['per_input_s']:.4f} s per input "
+                f"(the first call, {timing['first_call_s']:.1f} s, includes compilation")
+        if np.isfinite(timing["steady_per_input_s"]):
+            line += f"; {timing['steady_per_input_s']:.4f} s per input after it"
     print(line + ")", file=file)
     width = max(len(m) for m in table.methods)
     head = "  ".join(f"r={r:<5g}" for r in radii)
@@ -398,91 +395,54 @@ def print_summary(table, timing, *, radii=SUMMARY_RADII, file=None) -> None:
 
 
 def cmd_certify(args) -> int:
-    table, timing, sigma = run_certify(
-        model_path=args.model, dataset=args.dataset, dataset_options=_dataset_options(args), split=args.split, sigma=args.sigma, n0=args.n0, n=args.n,
-        alpha=args.alpha, batch_size=args.batch_size, methods=parse_methods(args.methods), subspace=args.subspace,
-        max_inputs=args.max_inputs, skip=args.skip, inputs_per_call=args.inputs_per_call, seed=args.seed, out=args.out,
-    )
-    print(f"wrote {args.out} (sigma={sigma}, n0={args.n0}, n={args.n}, alpha={args.alpha})")
+    from smoothjax.app.job import JobInterrupted
+
+    try:
+        table, timing, sigma = run_certify(
+            model_path=args.model, dataset=args.dataset, split=args.split, sigma=args.sigma, n0=args.n0, n=args.n,
+            alpha=args.alpha, batch_size=args.batch_size, methods=parse_methods(args.methods), subspace=args.subspace,
+            max_inputs=args.max_inputs, skip=args.skip, inputs_per_call=args.inputs_per_call, seed=args.seed,
+            out=args.out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite, shard=args.shard,
+            tsv_format=args.format, format_method=args.cohen_method, command=sys.argv,
+        )
+    except JobInterrupted as stop:  # SIGTERM / SIGINT: the rows written so far are kept
+        print(f"smoothjax certify: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    print(f"wrote {timing['out']} and {timing['out']}.json (sigma={sigma}, n0={args.n0}, n={args.n}, alpha={args.alpha})")
     print_summary(table, timing)
     return 0
 
 
-def _distinct_names(paths: Sequence[str]) -> list[str]:
-    """Table names for files: the file's stem, and for stems that collide the folders that tell them apart.
+def cmd_merge(args) -> int:
+    from smoothjax.app import job
 
-    Folders are compared from the file upwards and the nearest differing ones are kept until the
-    names are unique (``a/x/test/N_1`` and ``b/y/test/N_1`` become ``x/N_1`` and ``y/N_1``).
-    """
-    from smoothjax.app import tsv
-
-    stems = [tsv._stem(os.path.basename(p)) for p in paths]
-    names = list(stems)
-    for stem in {s for s in stems if stems.count(s) > 1}:
-        group = [i for i, s in enumerate(stems) if s == stem]
-        dirs = [os.path.normpath(os.path.abspath(paths[i])).split(os.sep)[-2::-1] for i in group]  # nearest folder first
-        depth = max(len(d) for d in dirs)
-        keep: list[int] = []
-        for k in range(depth):  # add differing folders, nearest first, until the names are unique
-            if len({d[k] if k < len(d) else None for d in dirs}) > 1:
-                keep.append(k)
-                labels = ["/".join([d[j] for j in reversed(keep) if j < len(d)] + [stem]) for d in dirs]
-                if len(set(labels)) == len(labels):
-                    break
-        for i, d in zip(group, dirs):
-            names[i] = "/".join([d[k] for k in reversed(keep) if k < len(d)] + [stem])
-    return names
+    summary = job.merge_shards(args.tsv, args.out, overwrite=args.overwrite)
+    print(f"wrote {summary.out} ({summary.rows} rows from {len(summary.sources)} files) and {summary.sidecar}")
+    return 0
 
 
-def run_analyze(paths: Sequence[str], out_dir: str, radii=SUMMARY_RADII, *, method: str | None = None,
-                settings: dict | None = None, rho: float = 0.001) -> list[str]:
-    """Figures, ``summary.md`` and ``summary.tex`` for certification logs; returns the written paths (the markdown last).
+def run_analyze(paths: Sequence[str], out_dir: str, radii=SUMMARY_RADII) -> list[str]:
+    """Plots (PNG + SVG) and ``summary.md`` for TSVs; returns the written paths."""
+    from smoothjax.app import analysis
 
-    ``paths`` may name directories (every log directly inside). ``method`` names the radius of
-    single-radius logs; ``settings`` (``sigma`` / ``n`` / ``alpha``) override what the logs' sidecars
-    and names say. Writes ``certified_accuracy.png`` / ``.svg`` and, when some method can be paired
-    with Cohen's radius, ``radius_scatter.png``.
-    """
-    import dataclasses
-
-    from smoothjax.app import analysis, tsv
-
-    if not (0 < rho < 1):
-        raise UsageError(f"--rho must lie strictly between 0 and 1 (e.g. 0.001), got {rho}.")
-    files = tsv.expand_log_paths(paths)
-    tables = [analysis.read_tsv(p, method=method, settings=settings) for p in files]
+    tables = [analysis.read_tsv(p) for p in paths]
     names = [t.name for t in tables]
     if len(set(names)) < len(names):  # same file name in different folders: tell them apart
-        tables = [dataclasses.replace(t, name=n) for t, n in zip(tables, _distinct_names(files))]
+        tables = [analysis.read_tsv(p, name=os.path.relpath(p)) for p in paths]
     os.makedirs(out_dir, exist_ok=True)
     written = analysis.plot_certified_accuracy(tables, os.path.join(out_dir, "certified_accuracy"))
-    written += analysis.plot_radius_scatter(tables, os.path.join(out_dir, "radius_scatter"))
-    tex = os.path.join(out_dir, "summary.tex")
-    with open(tex, "w") as fh:
-        fh.write(analysis.latex_table(tables, radii, rho=rho))
     md = os.path.join(out_dir, "summary.md")
     with open(md, "w") as fh:
         fh.write("# Certified accuracy\n\n")
-        fh.write("Fraction of all attempted inputs classified correctly with certified radius >= r (input units; "
-                 "abstentions count as wrong); ACR = average certified radius.\n\n")
-        for t in tables:
-            text = analysis.settings_text(t.settings)
-            if text:
-                fh.write(f"- {t.name}: {text}\n")
-        fh.write("\n" if any(t.settings for t in tables) else "")
-        fh.write(analysis.markdown_table(tables, radii, rho=rho))
-    return written + [tex, md]
+        fh.write("Fraction of inputs classified correctly with certified radius >= r (input units); "
+                 "ACR = average certified radius.\n\n")
+        fh.write(analysis.markdown_table(tables, radii))
+    return written + [md]
 
 
 def cmd_analyze(args) -> int:
     radii = _parse_radii(args.radii)
-    _check_positive("--sigma", args.sigma)
-    _check_positive("--n", args.n, integer=True)
-    if args.alpha is not None and not (0 < args.alpha < 1):
-        raise UsageError(f"--alpha must lie strictly between 0 and 1 (e.g. 0.001), got {args.alpha}.")
-    method = parse_methods(args.method)[0] if args.method else None
-    settings = {"sigma": args.sigma, "n": args.n, "alpha": args.alpha}
-    written = run_analyze(args.tsv, args.out, radii, method=method, settings=settings, rho=args.rho)
+    written = run_analyze(args.tsv, args.out, radii)
     with open(written[-1]) as fh:
         print(fh.read())
     print("wrote " + ", ".join(written))
@@ -503,7 +463,7 @@ def cmd_demo(args) -> int:
     table, timing, _ = run_certify(
         model_path=None, dataset="digits", split="test", sigma=0.25, n0=min(DEMO_N0, args.n), n=args.n, alpha=0.001,
         batch_size=min(DEMO_BATCH, args.n - args.n % 2 or 2), methods=DEMO_METHODS, subspace="top", max_inputs=args.max_inputs, skip=1,
-        inputs_per_call=max(1, args.max_inputs // 10), seed=args.seed, out=tsv,
+        inputs_per_call=max(1, args.max_inputs // 10), seed=args.seed, out=tsv, overwrite=True, command=sys.argv,
     )
     print_summary(table, timing)
     written = run_analyze([tsv], out)
@@ -513,7 +473,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "certify": cmd_certify, "analyze": cmd_analyze, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "certify": cmd_certify, "merge": cmd_merge, "analyze": cmd_analyze, "demo": cmd_demo}
 
 
 def enable_compilation_cache() -> str | None:

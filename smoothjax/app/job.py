@@ -206,6 +206,10 @@ def _key_impl(key) -> str:
 
 
 def _version(name: str) -> str | None:
+    module = sys.modules.get(name)
+    version = getattr(module, "__version__", None)
+    if version is not None:
+        return str(version)
     from importlib import metadata
 
     try:
@@ -214,24 +218,36 @@ def _version(name: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=None)
+def _static_environment() -> tuple[tuple[str, Any], ...]:
+    import flax  # noqa: F401  (so that its version is read from the module)
+    import jaxlib  # noqa: F401
+
+    devices = jax.devices()
+    return (
+        ("versions", {name: _version(name) for name in ("smoothjax", "jax", "jaxlib", "flax", "numpy")}
+         | {"python": platform.python_version()}),
+        ("backend", jax.default_backend()),
+        ("device_kind", devices[0].device_kind),
+        ("device_count", jax.device_count()),
+        ("local_device_count", jax.local_device_count()),
+        ("process_count", jax.process_count()),
+        ("process_index", jax.process_index()),
+        ("platform", platform.platform()),
+        ("hostname", platform.node()),
+    )
+
+
 def environment() -> dict[str, Any]:
     """Versions, PRNG implementation, devices and numeric settings of this process."""
-    devices = jax.devices()
-    return {
-        "versions": {name: _version(name) for name in ("smoothjax", "jax", "jaxlib", "flax", "numpy")}
-        | {"python": platform.python_version()},
-        "prng_impl": str(jax.config.jax_default_prng_impl),
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": jax.device_count(),
-        "local_device_count": jax.local_device_count(),
-        "process_count": jax.process_count(),
-        "process_index": jax.process_index(),
-        "matmul_precision": jax.config.jax_default_matmul_precision,
-        "x64": bool(jax.config.jax_enable_x64),
-        "platform": platform.platform(),
-        "hostname": platform.node(),
-    }
+    env = dict(_static_environment())
+    env["versions"] = dict(env["versions"])
+    env.update(
+        prng_impl=str(jax.config.jax_default_prng_impl),
+        matmul_precision=jax.config.jax_default_matmul_precision,
+        x64=bool(jax.config.jax_enable_x64),
+    )
+    return env
 
 
 def _encode_ids(ids: np.ndarray) -> dict[str, Any] | list[int]:
