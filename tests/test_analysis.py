@@ -119,6 +119,8 @@ def test_markdown_table_rows_envelope_and_highprob():
     # HighProb: m = 4, alpha = 0.001, rho = 0.001 -> k* = 1, so 1/4 comes off; b's alpha is unknown
     assert "| a | cohen_l2 | 0.250 | 0.000 | 0.000 |" in md
     assert "| b | cohen_l2 | n/a | n/a | n/a |" in md
+    unknown = analysis.markdown_table([b], [0, 0.5])
+    assert unknown.count("| cohen_l2 |") == 1 and "needs the certification alpha: pass --alpha" in unknown
 
 
 def test_latex_table_escapes_and_shows_highprob():

@@ -212,7 +212,7 @@ def markdown_table(tables: Sequence[CertificationTable], radii: Sequence[float] 
     radius, ACR and seconds per input; then, when files with different sigmas share a method, one
     ``envelope`` row per method (maximum over those files). With ``highprob``, a second table
     gives :func:`highprob_certified_accuracy` (binomial bound at ``rho``) for files whose
-    ``alpha`` is known.
+    ``alpha`` is known (``n/a`` for the others; only a note when no file's alpha is known).
     """
     head = ["file", "method", "threat model", *[f"r = {r:g}" for r in radii], "ACR", "s / input"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(radii) + 2)) + "|"]
@@ -226,7 +226,9 @@ def markdown_table(tables: Sequence[CertificationTable], radii: Sequence[float] 
         cells = ["envelope (max over sigmas)", m, threat_model(m), *[f"{a:.3f}" for a in envelope(tables, m, radii)], "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    if highprob:
+    if highprob and not any("alpha" in t.settings for t in tables):
+        text += "\nHighProb certified accuracy needs the certification alpha: pass --alpha (or keep the OUT.json sidecar).\n"
+    elif highprob:
         rows = []
         for t in tables:
             alpha = t.settings.get("alpha")
