@@ -374,7 +374,8 @@ def plot_certified_accuracy(tables: Sequence[CertificationTable], out_stem: str,
         for r_cap, ns in sorted(drawn.items()):
             ax.axvline(r_cap, color="0.35", linestyle=":", lw=1.2, zorder=0)
             ax.annotate(f"largest radius n = {min(ns):,} certifies: {r_cap:.3g}", xy=(r_cap, 0.985),
-                        xycoords=("data", "axes fraction"), rotation=90, ha="right", va="top", fontsize=7, color="0.25")
+                        xycoords=("data", "axes fraction"), rotation=90, ha="right", va="top", fontsize=7, color="0.25",
+                        bbox={"facecolor": "white", "alpha": 0.75, "linewidth": 0, "pad": 1})
         ax.set_title(f"{group} threat model")
         ax.set_xlabel(f"radius ({group.split()[-1]} norm, input units)")
         ax.set_ylabel("certified accuracy")
