@@ -13,6 +13,14 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import ndtri
 
+__all__ = [
+    "INV_SQRT_2PI",
+    "Phi",
+    "max_grad",
+    "phi",
+    "upper_quantile",
+]
+
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
