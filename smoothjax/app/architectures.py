@@ -335,14 +335,32 @@ def abstract_variables(name: str, *, num_classes: int | None = None) -> dict[str
     Leaves are ``jax.ShapeDtypeStruct``; a fresh copy of a cached tree (tracing ResNet-110 takes a second).
     """
     spec = arch_spec(name)
-    return jax.tree_util.tree_map(lambda leaf: leaf, _abstract_variables(name, spec.num_classes if num_classes is None else int(num_classes)))
+    return _copy(_abstract_variables(name, spec.num_classes if num_classes is None else int(num_classes)))
+
+
+def _copy(tree: Any) -> Any:
+    """A copy of nested dicts that keeps their key order (``jax.tree_util`` would sort the keys)."""
+    return {k: _copy(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
 
 
 @functools.lru_cache(maxsize=32)
 def _abstract_variables(name: str, num_classes: int) -> dict[str, Any]:
+    """Variable shapes with dict keys in creation order (PyTorch's module order), ``params`` first."""
     model = get_architecture(name, num_classes=num_classes)
     dummy = jax.ShapeDtypeStruct((1, *arch_spec(name).input_shape), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), dummy)
+    order: list[Any] = []
+
+    def init(key: jax.Array, x: jax.Array) -> Any:
+        variables = model.init(key, x)
+        order.append(_copy(variables))  # only its key order is used
+        return variables
+
+    shapes = jax.eval_shape(init, jax.random.key(0), dummy)
+
+    def reorder(template: Any, tree: Any) -> Any:
+        return {k: reorder(v, tree[k]) for k, v in template.items()} if isinstance(template, dict) else tree
+
+    return reorder(order[0], shapes)
 
 
 def init_variables(name: str, key: jax.Array, *, num_classes: int | None = None) -> dict[str, Any]:
