@@ -1,13 +1,21 @@
-"""Training with Gaussian noise augmentation, model configs and checkpoints."""
+"""The training loop: learning, determinism, divergence stops (also on the command line), checkpoints
+and resume, data-parallel training equal to single-device training, the progress bar, and the
+reduced configuration of the certificate-training experiment."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smoothjax.app import datasets, models, training
+from smoothjax import objectives
+from smoothjax.app import cli, datasets, models, training
 
 
 SMALL_MLP = {"architecture": "mlp", "input_shape": [8, 8, 1], "num_classes": 10, "hidden": [64]}
@@ -60,21 +68,20 @@ def test_cnn_trains_on_spirals_shape_checks():
     assert logits.shape == (3, 10) and logits.dtype == jnp.float32
 
 
-def test_gaussian_loss_matches_numpy_cross_entropy():
+def test_training_uses_the_objectives_gaussian_loss(digits_train):
+    """One Gaussian-augmentation loss (smoothjax.objectives); the training loop minimises it."""
+    assert not hasattr(training, "gaussian_augmentation_loss") and not hasattr(training, "resolve_objective")
     cfg = models.default_config("mlp", (4,), 3)
     model = models.build_model(cfg)
     params = models.init_params(cfg, jax.random.key(1))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 4)), jnp.float32)
     y = jnp.array([0, 1, 2, 1, 0])
     key = jax.random.key(7)
-    loss = training.gaussian_augmentation_loss(model.apply, sigma=0.5)(params, x, y, key)
-    noise = np.asarray(jax.random.normal(key, x.shape, dtype=x.dtype))
+    loss = objectives.gaussian_augmentation_loss(model.apply, params, x, y, key, sigma=0.5)
+    noise = np.asarray(jax.random.normal(key, (1,) + x.shape, dtype=x.dtype))[0]
     logits = np.asarray(model.apply(params, np.asarray(x) + 0.5 * noise), np.float64)
     logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    expected = -np.mean(logp[np.arange(5), np.asarray(y)])
-    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-    # the library objective (when present) has the same mean: both are unbiased CE under noise
-    assert training.resolve_objective("gaussian", model.apply, sigma=0.5) is not None
+    np.testing.assert_allclose(float(loss), -np.mean(logp[np.arange(5), np.asarray(y)]), rtol=1e-5)
 
 
 def test_unknown_objective_is_a_value_error(digits_train):
@@ -117,3 +124,145 @@ def test_shipped_model_is_small_and_accurate():
     test = datasets.load_dataset("digits", "test")
     assert training.accuracy(apply_fn, params, test.x, test.y) > 0.95
     assert training.accuracy(apply_fn, params, test.x, test.y, sigma=0.25) > 0.85
+
+
+# ------------------------------------------------------------------------------------------
+# Divergence, checkpoints and resume, devices, progress
+# ------------------------------------------------------------------------------------------
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = {"architecture": "mlp", "input_shape": [2], "num_classes": 2, "hidden": [8]}
+
+
+@pytest.fixture(scope="module")
+def spirals():
+    return datasets.load_dataset("spirals", "train")
+
+
+def _nan_objective(monkeypatch, when):
+    """Patch make_objective: the Gaussian loss, times NaN where ``when(x)`` (a batch-content test)."""
+    real = objectives.make_objective
+
+    def patched(name, apply_fn, *, sigma, **options):
+        loss = real("gaussian", apply_fn, sigma=sigma)
+        return lambda params, x, y, key: jnp.where(when(x), jnp.nan, 1.0) * loss(params, x, y, key)
+
+    monkeypatch.setattr(objectives, "make_objective", patched)
+
+
+def test_non_finite_loss_stops_training_naming_epoch_and_step(monkeypatch, spirals):
+    """The first batch of epoch 2 whose first input is the first training point: NaN there."""
+    target = jnp.asarray(spirals.x[0])
+    _nan_objective(monkeypatch, lambda x: jnp.any(jnp.all(x == target, axis=-1)))
+    # with batch 250 of 1000 points, every epoch has 4 steps and the point is in exactly one of them
+    with pytest.raises(training.TrainingDiverged, match=r"epoch 1, step [1-4]: the loss is nan") as info:
+        training.train(spirals, sigma=0.1, config=TINY, epochs=3, batch_size=250)
+    assert info.value.epoch == 1 and 1 <= info.value.step <= 4
+
+
+def test_non_finite_parameters_stop_training(spirals):
+    with pytest.raises(training.TrainingDiverged, match="a parameter became non-finite"):
+        training.train(spirals, sigma=0.1, config=TINY, epochs=2, batch_size=250, learning_rate=float("inf"))
+
+
+def test_cli_exits_1_and_writes_no_model_when_training_diverges(monkeypatch, tmp_path, capsys):
+    _nan_objective(monkeypatch, lambda x: jnp.asarray(True))
+    out = tmp_path / "m.msgpack"
+    code = cli.main(["train", "--dataset", "spirals", "--sigma", "0.1", "--epochs", "2", "--hidden", "8",
+                     "--quiet", "--checkpoint", str(tmp_path / "ckpt.msgpack"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "training diverged at epoch 1, step 1" in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "ckpt.msgpack").exists()
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_training(tmp_path, spirals):
+    straight = training.train(spirals, sigma=0.1, config=TINY, epochs=4, batch_size=100, seed=5)
+    ckpt = str(tmp_path / "ckpt.msgpack")
+    with pytest.raises(_Interrupted):  # a run killed during epoch 3, after the checkpoint of epoch 2
+        training.train(spirals, sigma=0.1, config=TINY, epochs=4, batch_size=100, seed=5, checkpoint=ckpt,
+                       callback=_interrupt_in_epoch(3))
+    _, _, config = models.load_model(ckpt)  # the checkpoint is what certify loads
+    assert config["training"]["epochs_done"] == 2
+    resumed = training.train(spirals, sigma=0.1, config=TINY, epochs=4, batch_size=100, seed=5, resume=ckpt)
+    assert [h["epoch"] for h in resumed.history] == [2, 3]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history[2:]]
+    for a, b in zip(jax.tree_util.tree_leaves(straight.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="no optimizer state"):
+        os.remove(ckpt + training.OPTIMIZER_SUFFIX)
+        training.train(spirals, sigma=0.1, config=TINY, epochs=4, batch_size=100, resume=ckpt)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_in_epoch(number):
+    def callback(epoch, loss):
+        if epoch + 1 == number:
+            raise _Interrupted
+
+    return callback
+
+
+def test_progress_bar_shows_loss_and_accuracy(spirals, capsys):
+    result = training.train(spirals, sigma=0.1, config=TINY, epochs=2, batch_size=250, progress=True)
+    err = capsys.readouterr().err
+    assert "loss=" in err and "acc=" in err
+    assert all(0.0 <= h["accuracy"] <= 1.0 for h in result.history)
+
+
+DATA_PARALLEL = textwrap.dedent(
+    """
+    import jax, numpy as np
+    from smoothjax.app import datasets, training
+    data = datasets.load_dataset("spirals", "train")
+    cfg = {{"architecture": "mlp", "input_shape": [2], "num_classes": 2, "hidden": [16]}}
+    res = training.train(data, sigma=0.1, config=cfg, objective="macer", objective_options={{"num_samples": 4}},
+                         epochs=2, batch_size=100, seed=3)
+    leaves = jax.tree_util.tree_leaves(res.params)
+    np.savez({path!r}, devices=np.array(jax.device_count()), loss=np.array([h["loss"] for h in res.history]),
+             **{{f"p{{i}}": np.asarray(leaf) for i, leaf in enumerate(leaves)}})
+    """
+)
+
+
+def test_data_parallel_training_equals_single_device(tmp_path):
+    runs = {}
+    for devices in (1, 2):
+        path = tmp_path / f"run{devices}.npz"
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        done = subprocess.run([sys.executable, "-c", DATA_PARALLEL.format(path=str(path))], env=env,
+                              capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[devices] = dict(np.load(path))
+    assert int(runs[1]["devices"]) == 1 and int(runs[2]["devices"]) == 2
+    for name in set(runs[1]) - {"devices"}:
+        # the same noise and batches; only the order of the float32 sums differs
+        np.testing.assert_allclose(runs[2][name], runs[1][name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------
+# The experiment's reduced configuration
+# ------------------------------------------------------------------------------------------
+
+
+def test_certificate_training_experiment_reduced_configuration(tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import certificate_training as exp
+    finally:
+        sys.path.pop(0)
+    results = exp.run(exp.CONFIGS["test"], out=str(tmp_path), log=lambda *a: None)
+    for name in ("results.json", "results.md", "certified_accuracy.png"):
+        assert (tmp_path / name).is_file(), name
+    cfg = exp.CONFIGS["test"]
+    for dataset in cfg.datasets:
+        summary = results["summary"][dataset]
+        assert set(summary) == set(cfg.objectives)
+        for name in cfg.objectives:
+            for method in cfg.methods:
+                acr = summary[name][method]["acr"]
+                assert np.isfinite(acr["mean"]) and acr["std"] >= 0 and len(acr["values"]) == len(cfg.seeds)
+    assert "| objective |" in (tmp_path / "results.md").read_text()

@@ -66,12 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{train,certify,merge,analyze,demo}", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("train", help="train a classifier with Gaussian noise augmentation")
+    p = sub.add_parser("train", help="train a classifier (Gaussian augmentation, MACER, Consistency, SmoothAdv or certificate-aware)")
     p.add_argument("--dataset", default="digits", help="digits | spirals | swissroll | path/to/data.npz (arrays x, y)")
     p.add_argument("--arch", default="mlp", help="mlp | cnn")
     p.add_argument("--hidden", default=None, help="comma-separated hidden widths (mlp), e.g. 128,128")
     p.add_argument("--sigma", type=float, required=True, help="noise std in input units (certify with the same sigma)")
-    p.add_argument("--objective", default="gaussian", help="gaussian (default) or a certificate-aware objective name")
+    p.add_argument("--objective", default="gaussian",
+                   help="gaussian (default), macer, consistency, smoothadv, or a certificate-aware objective: "
+                        "cohen_l2, sos_l2, dipole_l2, first_order_l1, first_order_linf")
     p.add_argument("--objective-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option passed to the objective, e.g. num_samples=4 (repeatable)")
     p.add_argument("--epochs", type=int, default=30)
@@ -79,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="checkpoint path to write (.msgpack)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="write a resumable checkpoint here every --checkpoint-every epochs (loadable by certify)")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N")
+    p.add_argument("--resume", default=None, metavar="PATH", help="continue from a --checkpoint file (same arguments)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("certify", help="certify inputs with chosen methods and write a Cohen-style TSV")
     _add_certify_args(p)
@@ -257,28 +264,36 @@ def cmd_train(args) -> int:
         except ValueError:
             raise UsageError(f"--hidden must be comma-separated integers such as 128,128, got {args.hidden!r}.") from None
         config["hidden"] = widths[0] if args.arch == "cnn" else widths
+    _check_positive("--checkpoint-every", args.checkpoint_every, integer=True)
     options = _parse_options(args.objective_option)
-    from smoothjax.app.training import resolve_objective
+    from smoothjax.objectives import make_objective
 
-    resolve_objective(args.objective, models.build_model(config).apply, sigma=args.sigma, **options)  # fail early
+    make_objective(args.objective, models.build_model(config).apply, sigma=args.sigma, **options)  # fail early
     print(f"training {args.arch} on {args.dataset} ({len(data)} examples, input shape {data.input_shape}, "
           f"{data.num_classes} classes), sigma={args.sigma}, objective={args.objective}", flush=True)
 
     def report(epoch, loss):
-        if epoch == 0 or (epoch + 1) % max(1, args.epochs // 10) == 0 or epoch + 1 == args.epochs:
+        if args.quiet and (epoch == 0 or (epoch + 1) % max(1, args.epochs // 10) == 0 or epoch + 1 == args.epochs):
             print(f"  epoch {epoch + 1:4d}/{args.epochs}  loss {loss:.4f}", flush=True)
 
-    start = time.perf_counter()
-    result = training.train(
-        data, sigma=args.sigma, config=config, objective=args.objective, objective_options=options, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, callback=report,
-    )
-    config = dict(result.config)
     config["training"] = {
         "dataset": args.dataset, "sigma": args.sigma, "objective": args.objective, "objective_options": options,
         "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
     }
+    start = time.perf_counter()
+    try:
+        result = training.train(
+            data, sigma=args.sigma, config=config, objective=args.objective, objective_options=options,
+            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, callback=report,
+            checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
+            progress=not args.quiet,
+        )
+    except training.TrainingDiverged as err:
+        # not a usage mistake (exit 2) but a failed run: exit 1, and no model file is written
+        print(f"smoothjax train: error: {err}", file=sys.stderr)
+        return 1
+    config = dict(result.config)
     models.save_model(args.out, config, result.params)
     msg = f"saved {args.out} ({os.path.getsize(args.out) / 1024:.0f} KB) after {time.perf_counter() - start:.1f} s"
     try:
