@@ -20,7 +20,7 @@ import resource
 import sys
 import time
 
-CASES = ("certificates", "sampling", "scaling", "compile")
+CASES = ("certificates", "sampling", "scaling", "compile", "overhead")
 CERTIFICATES = ("cohen", "sos", "dipole", "directional", "l1", "linf")
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 SCHEMA_VERSION = 1
@@ -37,6 +37,8 @@ CONFIGS = {
         "scaling": {"n": [1_000, 10_000], "batch_size": 500, "batches": [1, 2], "batch_n": 1_000},
         "compile": {"inputs": 2, "n0": 50, "n": 200, "batch_size": 100,
                     "methods": ["cohen_l2", "sos_l2", "dipole_l2"]},
+        "overhead": {"configs": ["cohen"], "repeats": 2, "models": {
+            "mlp": {"inputs_per_call": 2, "calls": 2, "n0": 32, "n": 200, "batch_size": 100, "bare_rows": [200, 800]}}},
     },
     "quick": {
         "sizes": [100, 10_000],
@@ -51,6 +53,14 @@ CONFIGS = {
         "sampling": {"mlp": (4, 4_000, 500), "cnn": (4, 4_000, 500), "resnet": (1, 128, 64)},
         "scaling": {"n": [1_000, 10_000, 100_000], "batch_size": 1_000, "batches": [1, 4, 16], "batch_n": 10_000},
         "compile": {"inputs": 4, "n0": 100, "n": 2_000, "batch_size": 500},
+        # every default method at once, then each alone; n fixed per model (the ResNet is ~50x slower per row)
+        "overhead": {"repeats": 3, "models": {
+            "mlp": {"inputs_per_call": 8, "calls": 4, "n0": 100, "n": 10_000, "batch_size": 1_000,
+                    "bare_rows": [2_000, 8_000, 32_000]},
+            "cnn": {"inputs_per_call": 8, "calls": 2, "n0": 100, "n": 10_000, "batch_size": 1_000,
+                    "bare_rows": [2_000, 8_000, 32_000]},
+            "resnet": {"inputs_per_call": 2, "calls": 2, "n0": 100, "n": 1_000, "batch_size": 500,
+                       "bare_rows": [256, 1_000, 4_000]}}},
     },
     "full": {
         "sizes": [100, 10_000, 1_000_000],
@@ -67,6 +77,13 @@ CONFIGS = {
             "batch_n": 20_000,
         },
         "compile": {"inputs": 8, "n0": 100, "n": 20_000, "batch_size": 1_000},
+        "overhead": {"repeats": 5, "models": {
+            "mlp": {"inputs_per_call": 16, "calls": 4, "n0": 100, "n": 100_000, "batch_size": 1_000,
+                    "bare_rows": [2_000, 8_000, 32_000]},
+            "cnn": {"inputs_per_call": 16, "calls": 4, "n0": 100, "n": 100_000, "batch_size": 1_000,
+                    "bare_rows": [2_000, 8_000, 32_000]},
+            "resnet": {"inputs_per_call": 4, "calls": 2, "n0": 100, "n": 10_000, "batch_size": 500,
+                       "bare_rows": [256, 1_000, 4_000]}}},
     },
 }
 
@@ -84,7 +101,7 @@ def run_cases(mode: str, only=None, log=_log, partial_path=None) -> dict:
     """Run the selected cases in ``mode`` and return the JSON-able report."""
     import smoothjax  # noqa: F401  (turns on x64 before anything is traced)
 
-    from benchmarks import case_certificates, case_compile, case_sampling
+    from benchmarks import case_certificates, case_compile, case_overhead, case_sampling
     from benchmarks.common import machine_info
 
     config = dict(CONFIGS[mode])
@@ -105,6 +122,7 @@ def run_cases(mode: str, only=None, log=_log, partial_path=None) -> dict:
         "sampling": case_sampling.run_sampling,
         "scaling": case_sampling.run_scaling,
         "compile": case_compile.run,
+        "overhead": case_overhead.run,
     }
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -177,6 +195,10 @@ def table_rows(report) -> list[list[str]]:
                 notes.append(f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB")
             if "log_log_slope" in r:
                 notes.append(f"log-log slope {_fmt(r['log_log_slope'])}; temp memory max/min {_fmt(r['ratio'])}")
+        if r["case"] == "overhead":
+            notes.append(f"model rows/s in certify {r['model_rows_per_s']:.3g} vs bare {base['model_rows_per_s']:.3g}; "
+                         f"rows seen/needed {r['model_rows_seen'] / r['model_rows_needed']:.3f}; "
+                         f"job vs bare certify calls {r['job_overhead_pct']:+.1f}%")
         if r["case"] == "compile":
             notes.append(f"compile {r['compile']['total_s']:.2f} s, run {r['median_s']:.3f} s, "
                          f"first call {r['first_call_s']:.2f} s")

@@ -286,9 +286,9 @@ def read_sidecar(path: str) -> dict[str, Any]:
     return data
 
 
-def _write_sidecar(path: str, data: Mapping[str, Any]) -> None:
+def _write_sidecar(path: str, data: Mapping[str, Any], *, sync_dir: bool = True) -> None:
     data = dict(data, updated_utc=_now())
-    tsv.write_lines_atomic(path, [json.dumps(data, indent=1, sort_keys=False) + "\n"])
+    tsv.write_lines_atomic(path, [json.dumps(data, indent=1, sort_keys=False) + "\n"], sync_dir=sync_dir)
 
 
 # ------------------------------------------------------------------------------- signals
@@ -540,10 +540,10 @@ def certify_dataset(
         in_flight = (todo[0], dispatch(todo[0])) if todo else None
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         if not (exists and resume):
-            tsv.write_lines_atomic(out, [header_line])
+            tsv.write_lines_atomic(out, [header_line], sync_dir=False)
         elif kept is not None:  # torn or damaged rows dropped
-            tsv.write_lines_atomic(out, [header_line] + kept)
-        _write_sidecar(side, record)
+            tsv.write_lines_atomic(out, [header_line] + kept, sync_dir=False)
+        _write_sidecar(side, record)  # its directory sync also makes the TSV's rename durable
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(positions), initial=done_before, desc="certify", unit="input", dynamic_ncols=True,
@@ -571,7 +571,7 @@ def certify_dataset(
             record["sessions"][-1].update(ended_utc=_now(), inputs=done_now, seconds=round(seconds, 3))
             if status == "complete":
                 record["finished_utc"] = _now()
-            _write_sidecar(side, record)
+            _write_sidecar(side, record, sync_dir=False)
 
     steady = float(np.sum(chunk_seconds[1:]) / np.sum(chunk_inputs[1:])) if len(chunk_seconds) > 1 else float("nan")
     return JobSummary(

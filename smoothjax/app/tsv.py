@@ -367,14 +367,20 @@ def append_lines(path: str, lines) -> None:
         os.fsync(fh.fileno())
 
 
-def write_lines_atomic(path: str, lines) -> None:
-    """Replace ``path`` with ``lines`` atomically (a synced temporary file renamed over it)."""
+def write_lines_atomic(path: str, lines, *, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``lines`` atomically (a synced temporary file renamed over it).
+
+    ``sync_dir`` also syncs the directory, which makes the rename itself durable (one directory
+    sync covers every rename in it before; callers writing several files sync the last one).
+    """
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as fh:
         fh.write("".join(lines).encode())
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    if not sync_dir:
+        return
     try:  # make the rename itself durable
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
         try:
