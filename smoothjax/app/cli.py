@@ -120,7 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_certify_args(p):
-    p.add_argument("--model", default=None, help="checkpoint from `smoothjax train` (default: the shipped digits model)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint from `smoothjax train` (.msgpack or Orbax directory) or a PyTorch checkpoint (.pth / .pth.tar) "
+                        "of an --arch (default: the shipped digits model)")
+    p.add_argument("--arch", default=None,
+                   help="architecture of a PyTorch --model: cifar_resnet20, cifar_resnet110, resnet50, mnist_net, small_mnist_net, "
+                        "small_mnist_pca_net, swiss_roll_net (default: the checkpoint's 'arch' field)")
+    p.add_argument("--model-fn", default=None, metavar="MODULE:FACTORY",
+                   help="certify any Flax model: FACTORY() (or FACTORY(MODEL) with --model) in an importable module returns "
+                        "(apply_fn, params) or (apply_fn, params, config)")
     p.add_argument("--dataset", default="digits", help="digits | spirals | swissroll | path/to/data.npz (arrays x, y)")
     p.add_argument("--split", default="test", help="train | test (default test)")
     p.add_argument("--sigma", type=float, default=None, help="noise std (default: the sigma the model was trained with)")
@@ -310,7 +318,7 @@ def cmd_train(args) -> int:
 def run_certify(
     *, model_path, dataset, split, sigma, n0, n, alpha, batch_size, methods, subspace, max_inputs, skip,
     inputs_per_call, seed, out, progress=True, resume=False, overwrite=False, shard=None, tsv_format="smoothjax",
-    format_method=None, command=None,
+    format_method=None, command=None, arch=None, model_fn=None,
 ):
     """Certify a dataset split into ``out`` (TSV + ``out.json``); returns ``(table, timing dict, sigma)``.
 
@@ -328,12 +336,13 @@ def run_certify(
     shard = job.parse_shard(shard) if isinstance(shard, str) else shard
     if tsv_format == "cohen" and format_method is not None:
         format_method = parse_methods(format_method)[0]
-    apply_fn, params, config = models.load_model(model_path or models.default_model_path())
+    apply_fn, params, config = models.load_for_certify(model_path, arch=arch, model_fn=model_fn)
     if sigma is None:
         sigma = config.get("training", {}).get("sigma")
         if sigma is None:
             raise UsageError("this model does not record its training sigma; pass --sigma.")
     data = datasets.load_dataset(dataset, split)
+    config = models.complete_config(config, apply_fn, params, data.input_shape)  # a --model-fn may not say
     expected = tuple(config["input_shape"])
     if data.input_shape != expected:
         if int(np.prod(data.input_shape)) == int(np.prod(expected)):
@@ -354,7 +363,7 @@ def run_certify(
         ids = ids[:max_inputs]
     if len(ids) == 0:
         raise UsageError("no inputs to certify; lower --skip or raise --max-inputs.")
-    model_file = model_path or models.default_model_path()
+    model_file = model_path or ("" if model_fn else models.default_model_path())
     metadata = {
         "command": list(command) if command is not None else None,
         "seed": seed,
@@ -418,7 +427,7 @@ def cmd_certify(args) -> int:
             alpha=args.alpha, batch_size=args.batch_size, methods=parse_methods(args.methods), subspace=args.subspace,
             max_inputs=args.max_inputs, skip=args.skip, inputs_per_call=args.inputs_per_call, seed=args.seed,
             out=args.out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite, shard=args.shard,
-            tsv_format=args.format, format_method=args.cohen_method, command=sys.argv,
+            tsv_format=args.format, format_method=args.cohen_method, command=sys.argv, arch=args.arch, model_fn=args.model_fn,
         )
     except JobInterrupted as stop:  # SIGTERM / SIGINT: the rows written so far are kept
         print(f"smoothjax certify: {stop}", file=sys.stderr)

@@ -10,14 +10,23 @@ A model is described by a plain dict (``ModelConfig``), e.g.::
 takes, with ``x_batch: [batch, *input_shape]``. Models compute in float32 whatever the input dtype
 (smoothjax turns on x64 for certificate math; the network stays float32).
 
-Checkpoint format (``save_model`` / ``load_model``): one msgpack file written by
-``flax.serialization.msgpack_serialize`` holding ``{"format": "smoothjax-model/1", "config": <JSON
-string>, "params": <the params pytree as nested dicts of arrays>}``. Anyone can load it again
-without smoothjax::
+Checkpoint formats (``save_model`` / ``load_model``):
 
-    import json, flax.serialization
-    blob = flax.serialization.msgpack_restore(open(path, "rb").read())
-    config, params = json.loads(blob["config"]), blob["params"]
+* a path ending in ``.msgpack``: one file written by ``flax.serialization.msgpack_serialize``
+  holding ``{"format": "smoothjax-model/1", "config": <JSON string>, "params": <the params pytree as
+  nested dicts of arrays>}``. Anyone can load it again without smoothjax::
+
+      import json, flax.serialization
+      blob = flax.serialization.msgpack_restore(open(path, "rb").read())
+      config, params = json.loads(blob["config"]), blob["params"]
+
+* any other path: an Orbax checkpoint directory (``orbax.checkpoint.CompositeCheckpointHandler``)
+  with the items ``params`` (``StandardSave`` of the params pytree) and ``config`` (``JsonSave`` of
+  ``{"format": "smoothjax-model/1", "config": <config dict>}``).
+
+:func:`load_for_certify` is what ``smoothjax certify`` loads models with: these checkpoints, PyTorch
+checkpoints of the published architectures (:mod:`smoothjax.app.torch_checkpoint`, ``--arch``), or
+any Flax model from a user factory (``--model-fn package.module:factory``).
 """
 
 from __future__ import annotations
@@ -107,9 +116,15 @@ def init_params(config: dict[str, Any], key: jax.Array) -> Any:
 
 
 def save_model(path: str, config: dict[str, Any], params: Any) -> None:
-    """Write ``config`` and ``params`` to ``path`` (msgpack, format in the module docstring)."""
+    """Write ``config`` and ``params`` to ``path``: msgpack for ``*.msgpack``, else an Orbax directory.
+
+    Formats in the module docstring; an existing checkpoint at ``path`` is replaced.
+    """
     from flax import serialization
 
+    if not path.endswith(".msgpack"):
+        _save_orbax(path, config, jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(params)))
+        return
     blob = {
         "format": CHECKPOINT_FORMAT,
         "config": json.dumps(config, sort_keys=True),
@@ -122,13 +137,16 @@ def save_model(path: str, config: dict[str, Any], params: Any) -> None:
 
 
 def load_model(path: str):
-    """Load a checkpoint written by :func:`save_model` -> ``(apply_fn, params, config)``.
+    """Load a checkpoint written by :func:`save_model` (msgpack file or Orbax directory) -> ``(apply_fn, params, config)``.
 
     ``apply_fn(params, x_batch) -> logits [batch, num_classes]``; raises :class:`ModelError` (a
     ``ValueError``) when the file is missing or is not a smoothjax checkpoint.
     """
     from flax import serialization
 
+    if os.path.isdir(path):
+        config, params = _load_orbax(path)
+        return build_model(config).apply, params, config
     if not os.path.isfile(path):
         raise ModelError(f"model file {path!r} not found; train one with `smoothjax train --out {path}` or pass an existing checkpoint.")
     try:
@@ -147,3 +165,181 @@ def load_model(path: str):
 def default_model_path() -> str:
     """Path of the digits model shipped in ``smoothjax/app/assets/`` (see ``assets/README.md``)."""
     return os.path.join(os.path.dirname(__file__), "assets", "digits_mlp_sigma0.25.msgpack")
+
+
+# ------------------------------------------------------------------------------------------
+# Orbax checkpoints
+# ------------------------------------------------------------------------------------------
+
+
+def _orbax():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        raise ModelError("Orbax checkpoints need the orbax-checkpoint package (pip install orbax-checkpoint), "
+                         "or save to a path ending in .msgpack.") from None
+    return ocp
+
+
+def _save_orbax(path: str, config: dict[str, Any], params: Any) -> None:
+    ocp = _orbax()
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        checkpointer.save(
+            os.path.abspath(path),
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                config=ocp.args.JsonSave({"format": CHECKPOINT_FORMAT, "config": config}),
+            ),
+            force=True,
+        )
+
+
+def _load_orbax(path: str) -> tuple[dict[str, Any], Any]:
+    ocp = _orbax()
+    not_ours = ModelError(f"{path!r} is a directory but not a smoothjax Orbax checkpoint; create one with `smoothjax train`.")
+    if not (os.path.isdir(os.path.join(path, "config")) and os.path.isdir(os.path.join(path, "params"))):
+        raise not_ours
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            restored = checkpointer.restore(
+                os.path.abspath(path), args=ocp.args.Composite(params=ocp.args.StandardRestore(), config=ocp.args.JsonRestore())
+            )
+        blob, params = restored.config, restored.params
+        if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+            raise KeyError("format")
+    except Exception:  # noqa: BLE001  (any unreadable directory is a user error here)
+        raise not_ours from None
+    return blob["config"], params
+
+
+# ------------------------------------------------------------------------------------------
+# models for `smoothjax certify`
+# ------------------------------------------------------------------------------------------
+
+
+def load_model_fn(spec: str, model_path: str | None = None):
+    """Call a user factory named ``"package.module:factory"`` -> ``(apply_fn, params, config)``.
+
+    The factory is called with no arguments, or with ``model_path`` when one is given, and returns
+    ``(apply_fn, params)`` or ``(apply_fn, params, config)``: ``apply_fn(params, x_batch) -> logits
+    [batch, num_classes]`` with ``x_batch: [batch, *input_shape]`` in the units sigma is given in, and
+    ``config`` an optional dict that may set ``input_shape``, ``num_classes`` and
+    ``{"training": {"sigma": ...}}``. Missing ``input_shape`` / ``num_classes`` are ``None``
+    (:func:`complete_config` fills them from the data). The current directory is importable.
+    Raises :class:`ModelError` when the module cannot be imported, the factory is missing or fails,
+    or it returns something else.
+
+    Example:
+        >>> apply_fn, params, config = load_model_fn("smoothjax.app.models:_example_factory")
+        >>> config["input_shape"], config["num_classes"]
+        (None, None)
+    """
+    import importlib
+    import sys
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name.strip() or not attr.strip():
+        raise ModelError(f"--model-fn must look like package.module:factory, got {spec!r}.")
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelError(f"--model-fn {spec!r}: cannot import module {module_name!r} ({err}); "
+                         "put its directory on PYTHONPATH or run from it.") from None
+    except Exception as err:  # noqa: BLE001  (a user module failing at import: report it in one line)
+        raise ModelError(f"--model-fn {spec!r}: importing {module_name!r} raised {type(err).__name__}: {err}") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    factory: Any = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+    if not callable(factory):
+        raise ModelError(f"--model-fn {spec!r}: module {module_name!r} has no callable {attr!r}.")
+    try:
+        result = factory() if model_path is None else factory(model_path)
+    except Exception as err:  # noqa: BLE001  (the user's factory failed: report it in one line)
+        raise ModelError(f"--model-fn {spec!r}: {attr}({'' if model_path is None else repr(model_path)}) raised "
+                         f"{type(err).__name__}: {err}") from None
+    shape_hint = "(apply_fn, params) or (apply_fn, params, config)"
+    if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
+        raise ModelError(f"--model-fn {spec!r}: {attr} must return {shape_hint}, got {type(result).__name__}.")
+    apply_fn, params, *rest = result
+    if not callable(apply_fn):
+        raise ModelError(f"--model-fn {spec!r}: {attr} must return {shape_hint} with a callable apply_fn "
+                         f"apply_fn(params, x_batch) -> logits; got {type(apply_fn).__name__} first.")
+    extra = rest[0] if rest else {}
+    if not isinstance(extra, dict):
+        raise ModelError(f"--model-fn {spec!r}: the third item {attr} returns must be a config dict, got {type(extra).__name__}.")
+    config = {"input_shape": None, "num_classes": None, **extra, "source": {"format": "model-fn", "model_fn": spec}}
+    return apply_fn, params, config
+
+
+def _example_factory():
+    """A tiny factory for :func:`load_model_fn`'s doctest: a linear map of 2 features to 2 logits."""
+    return (lambda params, x: x @ params), np.eye(2, dtype=np.float32)
+
+
+def complete_config(config: dict[str, Any], apply_fn, params, input_shape: Sequence[int]) -> dict[str, Any]:
+    """Fill a missing ``input_shape`` (from the data) and ``num_classes`` (from the logits' shape) of ``config``.
+
+    The model is traced once abstractly (``jax.eval_shape``, nothing computed) on a float32
+    ``[1, *input_shape]`` batch; raises :class:`ModelError` when it fails or returns something other
+    than logits ``[1, num_classes]``. A config with both fields is returned unchanged.
+    """
+    if config.get("input_shape") and config.get("num_classes"):
+        return config
+    shape = tuple(int(s) for s in (config.get("input_shape") or input_shape))
+    try:
+        out = jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+    except Exception as err:  # noqa: BLE001  (a user model failing on the data: report it in one line)
+        raise ModelError(f"the model fails on inputs of shape [batch, {', '.join(map(str, shape))}]: "
+                         f"{type(err).__name__}: {' '.join(str(err).split())[:300]}") from None
+    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != 1:
+        got = list(out.shape) if hasattr(out, "shape") else type(out).__name__
+        raise ModelError(f"the model must return logits [batch, num_classes]; for a batch of 1 it returned {got}.")
+    return {**config, "input_shape": list(shape), "num_classes": int(config.get("num_classes") or out.shape[1])}
+
+
+def load_for_certify(
+    model: str | None = None, arch: str | None = None, model_fn: str | None = None, *, num_classes: int | None = None
+):
+    """The model ``smoothjax certify`` runs -> ``(apply_fn, params, config)``.
+
+    * ``model_fn`` (``"package.module:factory"``): the user's factory, see :func:`load_model_fn`
+      (called with ``model`` when that is given too);
+    * ``arch`` (one of :data:`smoothjax.app.architectures.ARCHITECTURES`), or ``model`` a PyTorch
+      checkpoint (``torch.save`` zip or legacy file): imported by
+      :func:`smoothjax.app.torch_checkpoint.load_torch_model` (``arch`` defaults to the checkpoint's
+      ``"arch"`` field; ``num_classes`` to its classifier's rows);
+    * otherwise ``model`` is a smoothjax checkpoint (msgpack file or Orbax directory), by default the
+      shipped digits model.
+
+    ``config`` has at least ``input_shape`` and ``num_classes`` (``None`` when a factory does not say;
+    see :func:`complete_config`). Every failure is a :class:`ModelError` (or another ``ValueError``)
+    with a one-line message.
+
+    Example:
+        >>> apply_fn, params, config = load_for_certify()
+        >>> config["input_shape"], config["num_classes"]
+        ([8, 8, 1], 10)
+    """
+    from smoothjax.app import architectures, torch_checkpoint
+
+    if model_fn is not None:
+        if arch is not None:
+            raise ModelError("--arch names a built-in architecture for PyTorch checkpoints; it cannot be combined with --model-fn.")
+        return load_model_fn(model_fn, model)
+    if arch is not None:
+        architectures.arch_spec(arch)  # unknown names fail before the checkpoint is read
+        if model is None:
+            raise ModelError(f"--arch {arch} needs --model with a PyTorch checkpoint of it (e.g. checkpoint.pth.tar).")
+    if model is not None and (arch is not None or torch_checkpoint.is_torch_checkpoint(model)):
+        if os.path.isdir(model):
+            raise ModelError(f"{model!r} is a directory; --arch needs a PyTorch checkpoint file.")
+        if arch is not None and os.path.isfile(model) and not torch_checkpoint.is_torch_checkpoint(model):
+            raise ModelError(f"{model!r} is not a PyTorch checkpoint (torch.save file); --arch applies to those only.")
+        return torch_checkpoint.load_torch_model(model, arch, num_classes=num_classes)
+    return load_model(model or default_model_path())
