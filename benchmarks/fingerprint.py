@@ -70,7 +70,7 @@ def _certify_arrays(sj):
     res = sj.certify(_mlp, params, xs, jax.random.key(3), sigma=0.25, n0=64, n=2000, alpha=0.001,
                      batch_size=200, methods=("cohen_l2", "sos_l2", "dipole_l2", "first_order_l1",
                                               "first_order_linf"))
-    out = {"certify_prediction": res.prediction, "certify_counts": res.statistics.counts}
+    out = {"certify_prediction": res.prediction, "certify_counts": np.asarray(res.statistics.counts, np.int64)}
     for name, r in res.radii.items():
         out["certify_" + name] = r
     for name, b in res.bounds.items():
@@ -89,6 +89,7 @@ def main(argv=None):
     group.add_argument("--save", metavar="NPZ")
     group.add_argument("--compare", metavar="NPZ")
     args = parser.parse_args(argv)
+    jax.config.update("jax_enable_x64", True)  # the certificate functions' float64 mode
     arrays = _arrays()
     if args.save:
         np.savez(args.save, **arrays)

@@ -20,9 +20,10 @@ The application (command line, datasets, model zoo, training loop, analysis, TSV
 """
 
 from smoothjax import _config  # noqa: F401  (float64 policy, see smoothjax._config)
+from smoothjax._sharding import gather_results, make_mesh
 from smoothjax.binomial import binomial_two_sided_pvalue, clopper_pearson_lower, clopper_pearson_upper
-from smoothjax.certificates import cohen_radius, dipole_radius, max_grad_norm, sos_radius
-from smoothjax.first_order import l1_radius, linf_radius, subspace_radius
+from smoothjax.certificates import cohen_radius, dipole_radius, max_grad_norm, sos_radius, top2_radius
+from smoothjax.first_order import RadiusSolution, l1_radius, linf_radius, subspace_radius, subspace_radius_solution
 from smoothjax.flax_adapters import linen_apply_fn, nnx_apply_fn
 from smoothjax.gradient_bounds import (
     SUBGAUSSIAN_CONSTANT,
@@ -51,8 +52,10 @@ from smoothjax.quadrature import gauss_hermite_normal, gauss_legendre, gaussian_
 from smoothjax.results import ABSTAIN, AbstainReason, CertifyResult, abstain_reasons
 from smoothjax.sampling import SampleStatistics, sample_statistics
 from smoothjax.theorem3 import (
+    DirectionalRadiusSolution,
     Theorem3Solution,
     directional_radius,
+    directional_radius_solution,
     max_grad_norm_dimensionless,
     theorem3_coefficients,
     theorem3_p_lower,
@@ -66,6 +69,8 @@ __all__ = [
     "SUBGAUSSIAN_CONSTANT",
     "AbstainReason",
     "CertifyResult",
+    "DirectionalRadiusSolution",
+    "RadiusSolution",
     "NormBounds",
     "SampleStatistics",
     "Theorem3Solution",
@@ -79,7 +84,9 @@ __all__ = [
     "clopper_pearson_upper",
     "cohen_radius",
     "directional_radius",
+    "directional_radius_solution",
     "dipole_radius",
+    "gather_results",
     "gauss_hermite_normal",
     "gauss_legendre",
     "gaussian_augmentation_loss",
@@ -95,6 +102,7 @@ __all__ = [
     "linen_apply_fn",
     "linf_radius",
     "make_objective",
+    "make_mesh",
     "max_grad_norm",
     "max_grad_norm_dimensionless",
     "nnx_apply_fn",
@@ -106,6 +114,8 @@ __all__ = [
     "sos_grad_norm_upper",
     "sos_radius",
     "subspace_radius",
+    "subspace_radius_solution",
     "theorem3_coefficients",
     "theorem3_p_lower",
+    "top2_radius",
 ]

@@ -1,46 +1,157 @@
-"""Spreading a batch of inputs over the local devices (private; shared by sampling and the pipeline).
+"""Spreading certification over devices and hosts: a mesh of inputs x samples (private).
 
 The per-input programs of :mod:`smoothjax.sampling` and :mod:`smoothjax.pipeline` run under
-``jax.shard_map`` over a mesh of the devices; every input's noise comes from its own key, so
-results do not depend on how inputs are spread.
+``jax.shard_map`` over a 2-D mesh with axes ``("inputs", "samples")``: the inputs are split over
+the first axis; every input's noise samples are split over the second (device ``s`` of ``S``
+evaluates the chunks ``s, s + S, ...``) and its statistics reduced over it. Every input's noise is
+a function of ``(key, input_id, sample index)``, so counts are bitwise equal for every mesh.
+Parameters are replicated (or keep their own sharding when the caller already sharded them).
+
+Hosts. With several processes (``jax.distributed``), :func:`shard_inputs` builds global arrays
+from each process's *local* inputs (``jax.make_array_from_process_local_data``): every process
+passes its own inputs and gets its own results back from :func:`local_results`. Processes may
+pass different numbers of inputs: each pads to the largest (repeating its last input) and drops
+the padding from its results, so no input is lost or duplicated. A mesh whose inputs axis does
+not split evenly over the processes is refused with a ``ValueError``.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+INPUTS, SAMPLES = "inputs", "samples"
 
 
-def pad_to_devices(xs, input_ids):
-    """Pad the input axis to a multiple of the device count (repeating the last input and its id).
+def default_mesh() -> Mesh:
+    """Every device on the inputs axis (samples axis of size 1): the fastest layout for many inputs."""
+    return Mesh(np.asarray(jax.devices()).reshape(-1, 1), (INPUTS, SAMPLES))
 
-    Returns ``(xs, input_ids, original_batch)``; callers slice results back to ``original_batch``.
+
+def make_mesh(inputs: int, samples: int) -> Mesh:
+    """An ``inputs x samples`` mesh of all devices (``inputs * samples == jax.device_count()``).
+
+    Example:
+      >>> mesh = make_mesh(jax.device_count(), 1)
+      >>> dict(mesh.shape)
+      {'inputs': 1, 'samples': 1}
     """
-    ndev = jax.device_count()
-    batch = xs.shape[0]
-    pad = (-batch) % ndev
-    if pad:
-        xs = jnp.concatenate([xs, jnp.repeat(xs[-1:], pad, axis=0)])
-        input_ids = jnp.concatenate([input_ids, jnp.repeat(input_ids[-1:], pad)])
-    return xs, input_ids, batch
+    count = jax.device_count()
+    if inputs * samples != count:
+        raise ValueError(f"a mesh of {inputs} x {samples} devices needs {inputs * samples} devices; "
+                         f"{count} are available.")
+    return Mesh(np.asarray(jax.devices()).reshape(inputs, samples), (INPUTS, SAMPLES))
 
 
-def over_devices(fn, batch_args, replicated_args):
-    """``fn(*batch_args, *replicated_args)``, sharded over the input axis when several devices exist.
+def check_mesh(mesh) -> Mesh:
+    """``mesh`` if it is a ``Mesh`` with exactly the axes ``("inputs", "samples")``, else ValueError."""
+    if not isinstance(mesh, Mesh) or tuple(mesh.axis_names) != (INPUTS, SAMPLES):
+        names = getattr(mesh, "axis_names", type(mesh).__name__)
+        raise ValueError(f"mesh must be a jax.sharding.Mesh with axes ('inputs', 'samples'); got {names}. "
+                         "Build one with smoothjax.make_mesh(inputs, samples).")
+    return mesh
 
-    Used inside ``jit``. With one device it is a plain call; otherwise ``jax.shard_map`` over a 1-D
-    mesh ``("inputs",)`` of all devices: each device runs the same per-input program on its slice
-    of the inputs (whose count must divide evenly, see :func:`pad_to_devices`), with
-    ``replicated_args`` (params, key, sigma, ...) on every device. Every output leaf must have a
-    leading input axis. Per-input keys make the results identical to the single-device run.
+
+def _local_positions(mesh: Mesh) -> int:
+    """How many positions of the inputs axis this process's devices hold (each with all samples)."""
+    local = {d.id for d in jax.local_devices()}
+    rows = [i for i in range(mesh.shape[INPUTS]) if any(d.id in local for d in mesh.devices[i])]
+    for i in rows:
+        if not all(d.id in local for d in mesh.devices[i]):
+            raise ValueError("the samples axis of the mesh spans several processes; put each process's devices "
+                             "on whole rows of the inputs axis (e.g. smoothjax.make_mesh(jax.device_count() // k, k) "
+                             "with k <= jax.local_device_count()).")
+    if not rows:
+        raise ValueError("this process owns no device of the mesh.")
+    return len(rows)
+
+
+def shard_inputs(mesh: Mesh, *arrays):
+    """Global arrays, sharded over the inputs axis, from this process's ``[batch, ...]`` NumPy arrays.
+
+    Pads the batch (repeating the last entry) to a multiple of this process's share of the inputs
+    axis, and with several processes to the largest local batch of any process. Returns the global
+    arrays and ``local``, this process's batch before padding (pass it to :func:`local_results`).
     """
-    devices = jax.devices()
-    if len(devices) == 1:
-        return fn(*batch_args, *replicated_args)
-    mesh = jax.sharding.Mesh(np.array(devices), ("inputs",))
-    spec = jax.sharding.PartitionSpec
-    in_specs = (spec("inputs"),) * len(batch_args) + (spec(),) * len(replicated_args)
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec("inputs"), check_vma=False)(
-        *batch_args, *replicated_args
-    )
+    batch = arrays[0].shape[0]
+    positions = _local_positions(mesh)
+    target = -(-batch // positions) * positions
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        sizes = np.asarray(multihost_utils.process_allgather(np.asarray([target], np.int64))).reshape(-1)
+        target = int(sizes.max())
+    sharding = NamedSharding(mesh, PartitionSpec(INPUTS))
+    out = []
+    for a in arrays:
+        a = np.asarray(a)
+        if target > batch:
+            a = np.concatenate([a, np.repeat(a[-1:], target - batch, axis=0)])
+        if jax.process_count() > 1:
+            try:
+                out.append(jax.make_array_from_process_local_data(sharding, a))
+            except ValueError as err:
+                raise ValueError(f"the inputs of this process do not fit the mesh layout: {err}") from err
+        else:
+            out.append(jax.device_put(a, sharding))
+    return (*out, batch)
+
+
+def local_results(mesh: Mesh, tree, local: int):
+    """This process's rows of the global results ``tree`` (NumPy arrays), padding dropped."""
+
+    def take(a):
+        if a is None:
+            return None
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            a = multihost_utils.global_array_to_host_local_array(a, mesh, PartitionSpec(INPUTS))
+        return np.asarray(a)[:local]
+
+    return jax.tree_util.tree_map(take, tree)
+
+
+def run(fn, mesh: Mesh, batch_args, replicated_args):
+    """``fn(*batch_args, *replicated_args)`` under ``shard_map``: batch args split over the inputs axis.
+
+    ``fn`` may use the ``"samples"`` axis for collectives; its outputs must have a leading input
+    axis and be identical across the samples axis (they are reduced over it).
+    """
+    spec = PartitionSpec
+    in_specs = (spec(INPUTS),) * len(batch_args) + (spec(),) * len(replicated_args)
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec(INPUTS), check_vma=False)(
+        *batch_args, *replicated_args)
+
+
+def gather_results(tree):
+    """Every process's results, concatenated in process order (a no-op with one process).
+
+    Call it on every process with that process's :func:`smoothjax.certify` result (or any pytree
+    of arrays with a leading input axis); each gets the whole dataset's rows back. Processes may
+    hold different numbers of rows.
+
+    Example:
+      >>> import numpy as np
+      >>> gather_results({"radius": np.array([0.5, 0.25])})["radius"].tolist()
+      [0.5, 0.25]
+    """
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    rows = np.asarray(leaves[0]).shape[0] if leaves else 0
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([rows], np.int64))).reshape(-1)
+    most = int(sizes.max())
+    out = []
+    for leaf in leaves:
+        a = np.asarray(leaf)
+        if a.ndim == 0:
+            out.append(a)
+            continue
+        padded = np.concatenate([a, np.zeros((most - a.shape[0], *a.shape[1:]), a.dtype)]) if most > a.shape[0] else a
+        every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, most, ...]
+        out.append(np.concatenate([every[p, :sizes[p]] for p in range(len(sizes))]))
+    return jax.tree_util.tree_unflatten(treedef, out)

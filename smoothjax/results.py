@@ -82,6 +82,8 @@ class CertifyResult:
       selection_counts: ``[batch, num_classes]`` counts of the selection pass.
       statistics: :class:`smoothjax.sampling.SampleStatistics` of the estimation pass.
       input_ids: the ids the noise keys were derived from.
+      model_dtype: dtype of the model's logits (the model computes in it; noise is float32).
+      matmul_precision: ``jax_default_matmul_precision`` in force ("default" when unset).
     """
 
     prediction: Any
@@ -95,3 +97,5 @@ class CertifyResult:
     selection_counts: Any
     statistics: SampleStatistics
     input_ids: Any
+    model_dtype: str = dataclasses.field(default="", metadata=dict(static=True))
+    matmul_precision: str = dataclasses.field(default="", metadata=dict(static=True))

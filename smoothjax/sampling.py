@@ -17,8 +17,23 @@ the alternative of a key per sample (``fold_in(k_b, i)`` then ``jax.random.norma
 ~25% slower noise and ~5x longer compile on CPU. Noise generation is a few percent of a small
 CNN's forward pass on 8x8 inputs (measured by the slow test
 ``tests/test_sampling.py::test_statistics_cost_at_most_ten_percent_over_bare_forward_pass``). Noise
-has the dtype of ``xs`` (pass float32 inputs to keep a float32 model in float32); statistics are
-accumulated in int64 counts and float64 sums when x64 is on (the smoothjax default).
+is drawn and added in float32 (float64 only for float64 inputs), also when the inputs or the model
+are bfloat16 / float16: noise quantised to 16 bits would no longer be Gaussian.
+
+Precision on the device
+-----------------------
+The sampling program holds no 64-bit type (TPUs have none, GPUs run them slowly): counts are int32
+(so ``n < 2^31``), and float sums are carried as double words ``hi + lo`` of the noise dtype
+(:mod:`smoothjax._summation`), combined in float64 on the host. Their accumulation error is bounded:
+``|sum - exact sum of the per-sample values| <= 4 L u^2 S`` with ``u = 2^-24`` (float32), ``L`` the
+number of additions a term passes through (``ceil(log2(chunk)) + number of chunks + sample
+shards``) and ``S`` a bound on the sum of absolute values: ``S = n U / 2`` for the split-half
+sums (``|z| <= U / 2``, ``U = 5.5`` the largest ``|u|`` the float32 generator can return; 9 in
+float64), and the accumulated ``sum_pairs sum_j |u_j u'_j|`` (``dot_abs_sum``) for the dot
+products, whose per-pair float32 products and sum over ``d`` add ``(u + 4 ceil(log2 d) u^2)``
+times that. :attr:`SampleStatistics.dot_sum_error` and :attr:`SampleStatistics.z_sum_error` are
+these bounds; the pipeline widens every confidence bound by them (toward the safe side). For
+n = 10^5 in chunks of 1000 the bound is ~1e-12 of ``S``: far below the statistical deviations.
 
 Statistics (per input ``b``, with ``t = target_class[b]`` and ``1_i = [f(x_b + e_i) = t]``)
 -----------------------------------------------------------------------------------------------
@@ -31,7 +46,10 @@ Statistics (per input ``b``, with ``t = target_class[b]`` and ``1_i = [f(x_b + e
   (``E[e 1(x+e)] = sigma^2 grad g``). ``dot_sq_sum`` is the sum of squares (diagnostics).
 - ``dipole=True``: antithetic pairs ``(x + e_{2j}, x - e_{2j})``, ``j < n/2`` (the ``+`` side
   reuses the estimation sample ``2j``; ``x - e_{2j}`` costs ``n/2`` extra model evaluations, so
-  the model sees ``1.5 * batch_size`` rows per input per step). ``dipole_both[b]`` counts pairs
+  the model sees ``1.5 * batch_size`` rows per input per step). With ``pairs_only=True`` (only
+  pair statistics wanted, e.g. the dipole certificate alone) the odd samples are never drawn:
+  the model sees the ``n`` rows ``x +- e_{2j}`` and ``counts`` are over the ``n/2`` iid ``+``
+  sides (``count_samples = n/2``). ``dipole_both[b]`` counts pairs
   with both sides ``= t``, ``dipole_plus_only[b]`` pairs with only the ``+`` side ``= t``
   (second paper, Theorem 3; ``n/2`` pairs as in its reference code).
 - ``split_half=True``: ``z_i = e_i (1_i - 1/2)`` summed separately over even ``i`` (half a,
@@ -55,18 +73,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry_2x32
 
+from smoothjax import _sharding
+from smoothjax import _summation as S
 from smoothjax import _validation as V
-from smoothjax._sharding import over_devices, pad_to_devices
 
-# Largest number of samples per input: sample indices are folded into keys as uint32.
-MAX_NUM_SAMPLES = 2**32
+# Largest number of samples per input: counts are int32 on the device.
+MAX_NUM_SAMPLES = 2**31 - 1
+# Largest |u| of a standard normal draw of :func:`standard_normal` (float32: 5.42; float64: 8.3).
+U_MAX = {np.dtype(np.float32): 5.5, np.dtype(np.float64): 9.0}
+
+
 
 
 @jax.tree_util.register_dataclass
@@ -74,9 +97,13 @@ MAX_NUM_SAMPLES = 2**32
 class SampleStatistics:
     """Sufficient statistics of one sampling pass (see the module docstring for the math).
 
-    Array fields have a leading ``[batch]`` axis; fields not requested are ``None``. Integer
-    fields are int64 (int32 when x64 is off); float fields are float64 (float32 when x64 is off).
-    ``z_sum_a``/``z_sum_b`` are in input units (they include the factor sigma of ``e``).
+    Array fields have a leading ``[batch]`` axis; fields not requested are ``None``. From
+    :func:`sample_statistics` (concrete inputs) integer fields are int64 and float fields float64
+    NumPy arrays (the device's double-word sums combined on the host); under ``jit`` they are
+    int32 and the ambient float dtype. ``z_sum_a``/``z_sum_b`` are in input units (they include
+    the factor sigma of ``e``); ``dot_sum`` in 1/input units squared.
+    ``dot_sum_error`` / ``z_sum_error`` bound the accumulation error of ``dot_sum`` / of every
+    entry of ``z_sum_a`` and ``z_sum_b`` (same units; module docstring).
     """
 
     counts: Any  # [batch, num_classes]
@@ -84,11 +111,14 @@ class SampleStatistics:
     target_class: Any = None  # [batch] int32
     dot_sum: Any = None  # [batch]
     dot_sq_sum: Any = None  # [batch]
+    dot_sum_error: Any = None  # [batch]
     dipole_both: Any = None  # [batch]
     dipole_plus_only: Any = None  # [batch]
     z_sum_a: Any = None  # [batch, d]
     z_sum_b: Any = None  # [batch, d]
+    z_sum_error: Any = None  # [batch]
     num_samples: int = dataclasses.field(default=0, metadata=dict(static=True))
+    count_samples: int = dataclasses.field(default=0, metadata=dict(static=True))
 
     @property
     def num_pairs(self) -> int:
@@ -106,7 +136,10 @@ class SampleStatistics:
     @property
     def target_count(self):
         """``counts[b, target_class[b]]`` (requires ``target_class``)."""
-        return jnp.take_along_axis(self.counts, self.target_class[:, None].astype(jnp.int32), axis=1)[:, 0]
+        t = np.asarray(self.target_class) if isinstance(self.counts, np.ndarray) else self.target_class
+        if isinstance(self.counts, np.ndarray):
+            return np.take_along_axis(self.counts, t[:, None].astype(np.int64), axis=1)[:, 0]
+        return jnp.take_along_axis(self.counts, t[:, None].astype(jnp.int32), axis=1)[:, 0]
 
     @property
     def dot_mean(self):
@@ -123,13 +156,28 @@ class SampleStatistics:
         return self.z_sum_b / self.num_b
 
 
+class DeviceStatistics(NamedTuple):
+    """What the device program returns: int32 counts and double-word sums ``(hi, lo)``.
+
+    Sums are in units of the standard normal draws ``u = e / sigma``: ``dot`` is
+    ``sum_pairs u.u' 1 1'``, ``z_a``/``z_b`` are ``sum u (1 - 1/2)`` over the two halves.
+    :func:`combine` turns them into :class:`SampleStatistics`.
+    """
+
+    counts: Any
+    nonfinite: Any
+    dipole_both: Any = None
+    dipole_plus_only: Any = None
+    dot: Any = None  # (hi, lo)
+    dot_sq: Any = None  # (hi, lo)
+    dot_abs: Any = None  # (hi, lo): sum over pairs of sum_j |u_j u'_j|
+    z_a: Any = None  # (hi, lo), [batch, d]
+    z_b: Any = None  # (hi, lo), [batch, d]
+
+
 def count_dtype():
-    """int64 when x64 is on (the smoothjax default), else int32 (then num_samples < 2^31 is enforced)."""
-    return jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
-
-
-def _sum_dtype():
-    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    """The dtype of counts on the device: int32 (``n < 2^31`` is enforced)."""
+    return jnp.int32
 
 
 def project(z, basis):
@@ -142,18 +190,54 @@ def project(z, basis):
 
 
 def noise_dtype(xs):
-    """Noise dtype for inputs ``xs``: the dtype of ``xs`` when it is floating, else float32."""
+    """Noise dtype for inputs ``xs``: float64 for float64 inputs, else float32 (also for bf16 / f16)."""
     dtype = jnp.asarray(xs).dtype if hasattr(xs, "dtype") else np.asarray(xs).dtype
-    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
+    return jnp.dtype(jnp.float64) if dtype == jnp.float64 else jnp.dtype(jnp.float32)
+
+
+_NUM_CLASSES_CACHE: dict = {}
+
+
+def _num_classes(apply_fn, params, input_shape, dtype):
+    """``num_classes`` from ``jax.eval_shape`` of the model, memoised per (model, shapes)."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    sig = (apply_fn, tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves), input_shape,
+           str(dtype))
+    try:
+        cached = _NUM_CLASSES_CACHE.get(sig)
+    except TypeError:  # an unhashable apply_fn: no memo
+        cached, sig = None, None
+    if cached is not None:
+        return cached
+    probe = jax.ShapeDtypeStruct((2, *input_shape), dtype)
+    try:
+        out = jax.eval_shape(apply_fn, params, probe)
+    except Exception as err:  # the model rejects the input shape
+        raise ValueError(
+            f"apply_fn(params, x) failed for x of shape {probe.shape} (inputs of shape {input_shape}): {err}"
+        ) from err
+    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != 2:
+        got = getattr(out, "shape", type(out))
+        raise ValueError(
+            f"apply_fn must return logits of shape [batch, num_classes]; for a batch of 2 inputs of shape "
+            f"{input_shape} it returned {got}."
+        )
+    result = (int(out.shape[1]), jnp.dtype(out.dtype))
+    if sig is not None:
+        if len(_NUM_CLASSES_CACHE) > 256:
+            _NUM_CLASSES_CACHE.clear()
+        _NUM_CLASSES_CACHE[sig] = result
+    return result
 
 
 def validate_sampling_args(apply_fn, params, xs, *, sigma, num_samples, batch_size, pairs, name="num_samples"):
     """Host-side checks shared by the public entry points; returns ``num_classes``.
 
     Raises ``ValueError`` for: a bad sigma; non-finite inputs; inputs without a batch axis; a
-    sample count below 1, above ``2^32`` (or ``2^31 - 1`` with x64 off), or odd when ``pairs``;
-    an odd ``batch_size`` when ``pairs``; an ``apply_fn`` that fails on ``[k, *input_shape]`` or
-    does not return logits of shape ``[k, num_classes]``.
+    sample count below 1 or at least ``2^31``, or odd when ``pairs``; an odd ``batch_size`` when
+    ``pairs``; an ``apply_fn`` that fails on ``[k, *input_shape]`` or does not return logits of
+    shape ``[k, num_classes]``. The model probe (``jax.eval_shape``) is memoised per model and
+    shapes, so repeated calls cost microseconds.
     """
     V.check_sigma(sigma)
     V.check_finite("xs", xs)
@@ -166,30 +250,21 @@ def validate_sampling_args(apply_fn, params, xs, *, sigma, num_samples, batch_si
         raise ValueError("xs must contain at least one input.")
     V.check_static_int(name, num_samples, 1)
     V.check_static_int("batch_size", batch_size, 1)
-    limit = MAX_NUM_SAMPLES if jax.config.jax_enable_x64 else 2**31 - 1
-    if num_samples > limit:
+    if num_samples > MAX_NUM_SAMPLES:
         raise ValueError(
-            f"{name} = {num_samples} exceeds the supported maximum {limit} per input "
-            "(sample indices are folded into keys as uint32; counts would overflow with x64 off)."
+            f"{name} = {num_samples} exceeds the supported maximum {MAX_NUM_SAMPLES} per input "
+            "(counts are int32 on the device)."
         )
     if pairs and num_samples % 2:
         raise ValueError(f"{name} must be even when pair statistics (SoS, dipole) are requested; got {num_samples}.")
     if pairs and batch_size % 2:
         raise ValueError(f"batch_size must be even when pair statistics (SoS, dipole) are requested; got {batch_size}.")
-    probe = jax.ShapeDtypeStruct((2, *shape[1:]), noise_dtype(xs))
-    try:
-        out = jax.eval_shape(apply_fn, params, probe)
-    except Exception as err:  # the model rejects the input shape
-        raise ValueError(
-            f"apply_fn(params, x) failed for x of shape {probe.shape} (inputs of shape {shape[1:]}): {err}"
-        ) from err
-    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != 2:
-        got = getattr(out, "shape", type(out))
-        raise ValueError(
-            f"apply_fn must return logits of shape [batch, num_classes]; for a batch of 2 inputs of shape "
-            f"{shape[1:]} it returned {got}."
-        )
-    return int(out.shape[1])
+    return _num_classes(apply_fn, params, shape[1:], noise_dtype(xs))[0]
+
+
+def model_dtype(apply_fn, params, xs):
+    """The dtype of the logits ``apply_fn`` returns for inputs like ``xs`` (after validation)."""
+    return _num_classes(apply_fn, params, tuple(np.shape(xs))[1:], noise_dtype(xs))[1]
 
 
 def sample_statistics(
@@ -206,13 +281,15 @@ def sample_statistics(
     dot_product: bool = False,
     dipole: bool = False,
     split_half: bool = False,
+    pairs_only: bool = False,
+    mesh=None,
 ) -> SampleStatistics:
     """Sufficient statistics of ``num_samples`` Gaussian-noise samples per input (module docstring).
 
     Args:
       apply_fn: pure ``apply_fn(params, x_batch [m, *input_shape]) -> logits [m, num_classes]``.
       params: pytree passed to ``apply_fn``.
-      xs: inputs ``[batch, *input_shape]``; noise is drawn in their (floating) dtype.
+      xs: inputs ``[batch, *input_shape]``; noise is drawn in float32 (float64 for float64 inputs).
       key: a JAX PRNG key. Input ``b`` uses ``fold_in(key, input_ids[b])``.
       sigma: noise standard deviation (input units), a scalar (may be traced).
       num_samples: static int ``n`` (samples per input).
@@ -222,19 +299,31 @@ def sample_statistics(
         use (required when any of them is requested).
       input_ids: ``[batch]`` non-negative ints (default ``arange(batch)``).
       dot_product, dipole, split_half: static flags selecting the statistics to compute.
+      pairs_only: draw only the antithetic pairs (requires ``dipole`` and no other statistic).
+      mesh: optional ``jax.sharding.Mesh`` with axes ``("inputs", "samples")`` (default: every
+        device on the inputs axis; see :mod:`smoothjax._sharding`).
 
     Returns:
-      :class:`SampleStatistics`. Call it under ``jax.jit`` (with the flags, counts and
-      ``apply_fn`` static) or through :func:`smoothjax.pipeline.certify`, which does.
+      :class:`SampleStatistics` (NumPy arrays, float64 sums, for concrete inputs; traced arrays
+      in the ambient precision when called under ``jit``).
 
     Raises:
       ValueError: (outside jit) for the bad inputs listed in :func:`validate_sampling_args`, a
       missing ``target_class`` or malformed ``input_ids``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpy as np
+      >>> f = lambda p, x: jnp.stack([x[:, 0], -x[:, 0]], -1)   # class 0 iff x_0 > 0
+      >>> st = sample_statistics(f, None, np.zeros((1, 3), np.float32), jax.random.key(0), sigma=1.0,
+      ...                        num_samples=1000, batch_size=100)
+      >>> int(st.counts.sum()), 400 < int(st.counts[0, 0]) < 600
+      (1000, True)
     """
     pairs = dot_product or dipole
     num_classes = validate_sampling_args(
         apply_fn, params, xs, sigma=sigma, num_samples=num_samples, batch_size=batch_size, pairs=pairs
     )
+    _check_pairs_only(pairs_only, dot_product, dipole, split_half)
     batch = np.shape(xs)[0]
     if (dot_product or dipole or split_half) and target_class is None:
         raise ValueError("target_class is required for the dot-product, dipole and split-half statistics.")
@@ -243,39 +332,45 @@ def sample_statistics(
         if t.shape != (batch,) or t.dtype.kind not in "iu" or np.any(t < 0) or np.any(t >= num_classes):
             raise ValueError(f"target_class must be {batch} class indices in [0, {num_classes}), one per input.")
     input_ids = check_input_ids(input_ids, batch)
-    xs = jnp.asarray(xs)
-    target = jnp.zeros(batch, jnp.int32) if target_class is None else jnp.asarray(target_class).astype(jnp.int32)
-    xs, padded_ids, _ = pad_to_devices(xs, input_ids)
-    target = jnp.concatenate([target, jnp.repeat(target[-1:], xs.shape[0] - batch)])
-    stats = _sample_statistics_jit(
-        apply_fn,
-        params,
-        xs,
-        key,
-        jnp.asarray(sigma),
-        target,
-        padded_ids,
-        num_samples=num_samples,
-        batch_size=batch_size,
-        dot_product=dot_product,
-        dipole=dipole,
-        split_half=split_half,
-    )
-    if target_class is None:
-        stats = dataclasses.replace(stats, target_class=None)
-    if xs.shape[0] != batch:
-        stats = jax.tree_util.tree_map(lambda a: a[:batch], stats)
-    return stats
+    flags = dict(num_samples=num_samples, batch_size=batch_size, dot_product=dot_product, dipole=dipole,
+                 split_half=split_half, pairs_only=pairs_only)
+    target = None if target_class is None else jnp.asarray(target_class).astype(jnp.int32)
+    if not V.is_concrete((xs, sigma, target_class, input_ids)):
+        dev = device_statistics(apply_fn, params, jnp.asarray(xs), key, sigma, target, input_ids, **flags)
+        return combine(dev, sigma, target, xs_dtype=noise_dtype(xs), input_dim=_dim(xs), **_combine_kw(flags))
+    mesh = _sharding.default_mesh() if mesh is None else _sharding.check_mesh(mesh)
+    target_np = np.zeros(batch, np.int32) if target is None else np.asarray(target)
+    xs_g, ids_g, target_g, local = _sharding.shard_inputs(mesh, np.asarray(xs), np.asarray(input_ids), target_np)
+    dev = _device_statistics_jit(apply_fn, params, xs_g, key, jnp.asarray(sigma, noise_dtype(xs)), target_g, ids_g,
+                                 mesh=mesh, **flags)
+    dev = _sharding.local_results(mesh, dev, local)
+    return combine(dev, float(sigma), None if target is None else target_np, xs_dtype=noise_dtype(xs),
+                   input_dim=_dim(xs), sample_shards=mesh.shape[_sharding.SAMPLES], **_combine_kw(flags))
+
+
+def _dim(xs):
+    return int(np.prod(np.shape(xs)[1:]))
+
+
+def _combine_kw(flags):
+    return dict(num_samples=flags["num_samples"], batch_size=flags["batch_size"], pairs_only=flags["pairs_only"])
+
+
+def _check_pairs_only(pairs_only, dot_product, dipole, split_half):
+    if pairs_only and (dot_product or split_half or not dipole):
+        raise ValueError("pairs_only=True draws only antithetic pairs: it needs dipole=True and no dot-product "
+                         "or split-half statistics.")
 
 
 def check_input_ids(input_ids, batch):
     """``input_ids`` as a ``[batch]`` uint32 array (default ``arange(batch)``); ValueError if malformed."""
     if input_ids is None:
-        return jnp.arange(batch, dtype=jnp.uint32)
+        return np.arange(batch, dtype=np.uint32)
     if V.is_concrete(input_ids):
         ids = np.asarray(input_ids)
         if ids.shape != (batch,) or ids.dtype.kind not in "iu" or np.any(ids < 0) or np.any(ids >= 2**32):
             raise ValueError(f"input_ids must be {batch} non-negative integers below 2^32, one per input.")
+        return ids.astype(np.uint32)
     return jnp.asarray(input_ids).astype(jnp.uint32)
 
 
@@ -307,27 +402,57 @@ def standard_normal(key_words, sample_idx, shape, dtype):
     bits = jnp.concatenate([out[:half].reshape(chunk, pairs), out[half:].reshape(chunk, pairs)], axis=1)[:, :words]
     if wide:
         bits = (bits[:, :dim].astype(jnp.uint64) << 32) | bits[:, dim:].astype(jnp.uint64)
-        one, shift, ftype = jnp.uint64(0x3FF0000000000000), 12, jnp.float64
+        one, shift, ftype = jnp.uint64(0x3FF0000000000000), 12, np.float64
     else:
-        one, shift, ftype = jnp.uint32(0x3F800000), 9, jnp.float32
-    u = jax.lax.bitcast_convert_type((bits >> shift) | one, ftype) - 1.0  # uniform on [0, 1)
-    v = jnp.maximum(2.0 * u - 1.0, jnp.nextafter(ftype(-1), ftype(0)))  # uniform on (-1, 1)
-    z = np.sqrt(2.0).astype(ftype) * jax.lax.erf_inv(v)
+        one, shift, ftype = jnp.uint32(0x3F800000), 9, np.float32
+    u = jax.lax.bitcast_convert_type((bits >> shift) | one, ftype) - ftype(1.0)  # uniform on [0, 1)
+    lowest = np.nextafter(ftype(-1), ftype(0))  # a constant: no nextafter op in the program
+    v = jnp.maximum(ftype(2.0) * u - ftype(1.0), lowest)  # uniform on (-1, 1)
+    z = ftype(np.sqrt(2.0)) * jax.lax.erf_inv(v)
     return z.reshape((chunk, *shape)).astype(dtype)
 
 
-_STATIC = ("apply_fn", "num_samples", "batch_size", "dot_product", "dipole", "split_half")
+_STATIC = ("apply_fn", "num_samples", "batch_size", "dot_product", "dipole", "split_half", "pairs_only", "mesh")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _sample_statistics_jit(apply_fn, params, xs, key, sigma, target_class, input_ids, **kw):
+def _device_statistics_jit(apply_fn, params, xs, key, sigma, target_class, input_ids, *, mesh, **kw):
     def per_shard(xs, target_class, input_ids, params, key, sigma):
-        return sample_statistics_under_jit(apply_fn, params, xs, key, sigma, target_class, input_ids, **kw)
+        return device_statistics(apply_fn, params, xs, key, sigma, target_class, input_ids,
+                                 samples_axis=_sharding.SAMPLES, **kw)
 
-    return over_devices(per_shard, (xs, target_class, input_ids), (params, key, sigma))
+    return _sharding.run(per_shard, mesh, (xs, target_class, input_ids), (params, key, sigma))
 
 
-def sample_statistics_under_jit(
+class _Carry(NamedTuple):
+    counts: Any
+    nonfinite: Any
+    dipole_both: Any
+    dipole_plus_only: Any
+    dot: Any
+    dot_sq: Any
+    dot_abs: Any
+    z_a: Any
+    z_b: Any
+
+
+def _zeros_dw(shape, dtype):
+    return (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _dw_accumulate(acc, part):
+    return S.dw_add(acc[0], acc[1], part[0], part[1])
+
+
+def chunk_size(num_samples: int, batch_size: int, *, split_half: bool = False, pairs_only: bool = False) -> int:
+    """Noise samples per input per loop step (even whenever pairs or halves are used)."""
+    chunk = min(batch_size, num_samples + (num_samples % 2))
+    if (split_half or pairs_only) and chunk % 2:
+        chunk = chunk + 1 if chunk == 1 else chunk - 1
+    return chunk
+
+
+def device_statistics(
     apply_fn,
     params,
     xs,
@@ -341,12 +466,16 @@ def sample_statistics_under_jit(
     dot_product=False,
     dipole=False,
     split_half=False,
-) -> SampleStatistics:
-    """:func:`sample_statistics` for use inside ``jit``: no host-side validation, no sharding.
+    pairs_only=False,
+    samples_axis=None,
+) -> DeviceStatistics:
+    """The sampling program for use inside ``jit`` / ``shard_map``: no validation, no 64-bit types.
 
     Arguments as :func:`sample_statistics` (``sigma`` a traced scalar, ``input_ids`` a ``[batch]``
-    uint32 array, ``target_class`` ``[batch]`` int or None); the caller validates them and runs it
-    under ``jax.jit`` with ``num_samples``, ``batch_size`` and the flags static.
+    uint32 array, ``target_class`` ``[batch]`` int32 or None). With ``samples_axis`` (the name of
+    a mapped mesh axis of size ``S``), this device evaluates the chunks ``c = s, s + S, ...`` of
+    its axis index ``s`` and the statistics are reduced over the axis: integer counts by ``psum``
+    (bitwise equal to one device), double words by an ordered tree over the gathered parts.
     """
     xs = jnp.asarray(xs)
     dtype = noise_dtype(xs)
@@ -354,90 +483,201 @@ def sample_statistics_under_jit(
     batch, input_shape = xs.shape[0], xs.shape[1:]
     dim = int(np.prod(input_shape))
     num_classes = jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct((1, *input_shape), dtype)).shape[-1]
-    n, chunk = num_samples, min(batch_size, num_samples + (num_samples % 2))
-    num_chunks = -(-n // chunk)
-    ctype, ftype = count_dtype(), _sum_dtype()
+    n = num_samples
+    chunk = chunk_size(n, batch_size, split_half=split_half, pairs_only=pairs_only)
+    # pairs_only: one step draws chunk/2 even-indexed samples and evaluates them and their mirrors
+    draws = chunk // 2 if pairs_only else chunk
+    total = n // 2 if pairs_only else n  # draws per input
+    num_chunks = -(-total // draws)
+    shards = 1 if samples_axis is None else jax.lax.psum(1, samples_axis)
+    shard = jnp.int32(0) if samples_axis is None else jax.lax.axis_index(samples_axis).astype(jnp.int32)
+    steps = -(-num_chunks // shards)
     need_target = dot_product or dipole or split_half
-    if target_class is not None:
-        target = jnp.asarray(target_class).astype(jnp.int32)
+    target = jnp.zeros((batch,), jnp.int32) if target_class is None else jnp.asarray(target_class).astype(jnp.int32)
+    sigma = jnp.asarray(sigma).astype(dtype)
+    zero_i = jnp.zeros((batch,), jnp.int32)
 
     input_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, input_ids)
-    offsets = jnp.arange(chunk, dtype=jnp.uint32)
-
     key_words = jax.vmap(_key_words)(input_keys)  # [batch, 2] uint32
+    offsets = jnp.arange(draws, dtype=jnp.int32)
+    classes = jnp.arange(num_classes, dtype=jnp.int32)
 
-    def draw(start):
-        idx = start + offsets  # uint32 sample indices of this chunk (wraps only beyond n: masked)
-        return jax.vmap(lambda k: standard_normal(k, idx, input_shape, dtype))(key_words)
-
-    def step(c, carry):
-        start = (c * chunk).astype(jnp.uint32)
-        valid = (c * chunk + jnp.arange(chunk)) < n  # [chunk]
-        u = draw(start)
-        e = u * sigma.astype(dtype)
-        rows = xs[:, None] + e
-        if dipole:
-            rows = jnp.concatenate([rows, xs[:, None] - e[:, 0::2]], axis=1)
+    def step(j, carry):
+        c = j * shards + shard  # this device's j-th chunk
+        pos = c * draws + offsets  # draw positions, [draws]
+        valid = pos < total
+        idx = (2 * pos if pairs_only else pos).astype(jnp.uint32)  # sample indices
+        u = jax.vmap(lambda k: standard_normal(k, idx, input_shape, dtype))(key_words)
+        e = u * sigma
+        if pairs_only:
+            rows = jnp.concatenate([xs[:, None] + e, xs[:, None] - e], axis=1)
+        elif dipole:
+            rows = jnp.concatenate([xs[:, None] + e, xs[:, None] - e[:, 0::2]], axis=1)
+        else:
+            rows = xs[:, None] + e
         logits = apply_fn(params, rows.reshape((-1, *input_shape)))
         logits = logits.reshape((batch, rows.shape[1], num_classes))
-        pred = jnp.argmax(logits, axis=-1)
+        pred = jax.lax.argmax(logits, 2, jnp.int32)
         finite = jnp.all(jnp.isfinite(logits), axis=-1)
-        pred_pos, finite_pos = pred[:, :chunk], finite[:, :chunk]
-        new = dict(carry)
-        onehot = (pred_pos[..., None] == jnp.arange(num_classes)) & valid[None, :, None]
-        new["counts"] = carry["counts"] + jnp.sum(onehot, axis=1, dtype=jnp.int32).astype(ctype)
-        bad_rows = (~finite_pos & valid).astype(jnp.int32)
-        if dipole:
-            bad_rows = bad_rows.at[:, 0::2].add((~finite[:, chunk:] & valid[0::2]).astype(jnp.int32))
-        new["nonfinite"] = carry["nonfinite"] + jnp.sum(bad_rows, axis=1).astype(ctype)
+        pred_pos, finite_pos = pred[:, :draws], finite[:, :draws]
+        onehot = (pred_pos[:, :, None] == classes[None, None, :]) & valid[None, :, None]
+        counts = carry.counts + jnp.sum(onehot, axis=1, dtype=jnp.int32)
+        bad = ~finite_pos & valid[None, :]
+        nonfinite = carry.nonfinite + jnp.sum(bad, axis=1, dtype=jnp.int32)
+        if pairs_only:
+            nonfinite = nonfinite + jnp.sum(~finite[:, draws:] & valid[None, :], axis=1, dtype=jnp.int32)
+        elif dipole:
+            nonfinite = nonfinite + jnp.sum(~finite[:, chunk:] & valid[None, 0::2], axis=1, dtype=jnp.int32)
+        new = carry._replace(counts=counts, nonfinite=nonfinite)
         if need_target:
-            hit = (pred_pos == target[:, None]) & valid  # [batch, chunk]
+            hit = (pred_pos == target[:, None]) & valid[None, :]  # [batch, draws]
+        if dipole:
+            hit_plus = hit if pairs_only else hit[:, 0::2]  # valid pairs <=> valid + sides
+            hit_minus = pred[:, draws:] == target[:, None] if pairs_only else pred[:, chunk:] == target[:, None]
+            new = new._replace(
+                dipole_both=carry.dipole_both + jnp.sum(hit_plus & hit_minus, axis=1, dtype=jnp.int32),
+                dipole_plus_only=carry.dipole_plus_only + jnp.sum(hit_plus & ~hit_minus, axis=1, dtype=jnp.int32),
+            )
         if dot_product:
             uu = u.reshape((batch, chunk // 2, 2, dim))
-            dots = jnp.sum(uu[:, :, 0] * uu[:, :, 1], axis=-1)  # u.u', [batch, chunk/2]
+            prod = uu[:, :, 0] * uu[:, :, 1]  # [batch, chunk/2, d], rounded products
             both = hit[:, 0::2] & hit[:, 1::2]
-            s = jnp.where(both, dots, 0).astype(ftype)
-            new["dot_sum"] = carry["dot_sum"] + jnp.sum(s, axis=1)
-            new["dot_sq_sum"] = carry["dot_sq_sum"] + jnp.sum(s * s, axis=1)
-        if dipole:
-            hit_minus = pred[:, chunk:] == target[:, None]
-            hit_plus = hit[:, 0::2]  # valid mask already applied (valid pairs <=> valid even samples)
-            new["dipole_both"] = carry["dipole_both"] + jnp.sum(hit_plus & hit_minus, axis=1).astype(ctype)
-            new["dipole_plus_only"] = carry["dipole_plus_only"] + jnp.sum(hit_plus & ~hit_minus, axis=1).astype(ctype)
+            dot_hi, dot_lo = S.tree_sum(prod, axis=2)  # per-pair u.u' as a double word
+            zero = jnp.zeros((), dtype)
+            dot_hi, dot_lo = (jnp.where(both, dot_hi, zero), jnp.where(both, dot_lo, zero))
+            absdot = jnp.where(both, jnp.sum(jnp.abs(prod), axis=2), zero)
+            sq = dot_hi * dot_hi
+            new = new._replace(
+                dot=_dw_accumulate(carry.dot, _tree_dw(dot_hi, dot_lo, axis=1)),
+                dot_sq=_dw_accumulate(carry.dot_sq, S.tree_sum(sq, axis=1)),
+                dot_abs=_dw_accumulate(carry.dot_abs, S.tree_sum(absdot, axis=1)),
+            )
         if split_half:
-            w = jnp.where(valid, hit.astype(dtype) - 0.5, 0).astype(dtype)  # [batch, chunk]
-            half = (jnp.arange(chunk) % 2)[None, :] == jnp.arange(2)[:, None]  # [2, chunk] even/odd
-            weights = jnp.where(half[None], w[:, None, :], 0)  # [batch, 2, chunk]
-            sums = jnp.einsum("bhc,bcd->bhd", weights, u.reshape((batch, chunk, dim)))
-            new["z_sums"] = carry["z_sums"] + sums.astype(ftype)
+            half = np.asarray(0.5, dtype)
+            w = jnp.where(hit, half, -half) * valid[None, :].astype(dtype)  # exact: +-1/2 or 0
+            uu = u.reshape((batch, chunk // 2, 2, dim))
+            ww = w.reshape((batch, chunk // 2, 2))
+            za = S.tree_sum(ww[:, :, 0, None] * uu[:, :, 0], axis=1)  # even sample indices: half a
+            zb = S.tree_sum(ww[:, :, 1, None] * uu[:, :, 1], axis=1)
+            new = new._replace(z_a=_dw_accumulate(carry.z_a, za), z_b=_dw_accumulate(carry.z_b, zb))
         return new
 
-    carry = {
-        "counts": jnp.zeros((batch, num_classes), ctype),
-        "nonfinite": jnp.zeros((batch,), ctype),
-    }
-    if dot_product:
-        carry["dot_sum"] = jnp.zeros((batch,), ftype)
-        carry["dot_sq_sum"] = jnp.zeros((batch,), ftype)
-    if dipole:
-        carry["dipole_both"] = jnp.zeros((batch,), ctype)
-        carry["dipole_plus_only"] = jnp.zeros((batch,), ctype)
-    if split_half:
-        carry["z_sums"] = jnp.zeros((batch, 2, dim), ftype)
-    out = jax.lax.fori_loop(0, num_chunks, step, carry)
+    carry = _Carry(
+        counts=jnp.zeros((batch, num_classes), jnp.int32),
+        nonfinite=zero_i,
+        dipole_both=zero_i if dipole else None,
+        dipole_plus_only=zero_i if dipole else None,
+        dot=_zeros_dw((batch,), dtype) if dot_product else None,
+        dot_sq=_zeros_dw((batch,), dtype) if dot_product else None,
+        dot_abs=_zeros_dw((batch,), dtype) if dot_product else None,
+        z_a=_zeros_dw((batch, dim), dtype) if split_half else None,
+        z_b=_zeros_dw((batch, dim), dtype) if split_half else None,
+    )
+    out = jax.lax.fori_loop(jnp.int32(0), jnp.int32(steps), step, carry)
+    if samples_axis is not None:
+        out = _reduce_over_samples(out, samples_axis)
+    return DeviceStatistics(**out._asdict())
 
-    sigma_f = jnp.asarray(sigma, ftype)
-    fields = dict(counts=out["counts"], nonfinite=out["nonfinite"], num_samples=n)
+
+def _tree_dw(hi, lo, axis):
+    """Sum double words ``(hi, lo)`` along ``axis`` by a balanced tree of double-word additions."""
+    hi, lo = jnp.moveaxis(hi, axis, 0), jnp.moveaxis(lo, axis, 0)
+    size = hi.shape[0]
+    pad = (1 << S.tree_depth(size)) - size
+    if pad:
+        hi = jnp.concatenate([hi, jnp.zeros((pad, *hi.shape[1:]), hi.dtype)])
+        lo = jnp.concatenate([lo, jnp.zeros((pad, *lo.shape[1:]), lo.dtype)])
+    while hi.shape[0] > 1:
+        half = hi.shape[0] // 2
+        hi, lo = S.dw_add(hi[:half], lo[:half], hi[half:], lo[half:])
+    return hi[0], lo[0]
+
+
+def _reduce_over_samples(out: _Carry, axis) -> _Carry:
+    def ints(x):
+        return None if x is None else jax.lax.psum(x, axis)
+
+    def dws(x):
+        if x is None:
+            return None
+        hi, lo = (jax.lax.all_gather(v, axis) for v in x)  # [S, ...] in axis order: deterministic
+        return _tree_dw(hi, lo, axis=0)
+
+    return _Carry(
+        counts=ints(out.counts), nonfinite=ints(out.nonfinite), dipole_both=ints(out.dipole_both),
+        dipole_plus_only=ints(out.dipole_plus_only), dot=dws(out.dot), dot_sq=dws(out.dot_sq),
+        dot_abs=dws(out.dot_abs), z_a=dws(out.z_a), z_b=dws(out.z_b),
+    )
+
+
+def accumulation_depth(num_samples: int, batch_size: int, *, split_half=False, pairs_only=False,
+                       sample_shards: int = 1, pair_terms: bool = False) -> int:
+    """Number ``L`` of double-word additions a term passes through (module docstring)."""
+    chunk = chunk_size(num_samples, batch_size, split_half=split_half, pairs_only=pairs_only)
+    draws = chunk // 2 if pairs_only else chunk
+    total = num_samples // 2 if pairs_only else num_samples
+    num_chunks = -(-total // draws)
+    per_chunk = S.tree_depth(chunk // 2 if (pair_terms or split_half) else chunk)
+    return per_chunk + -(-num_chunks // sample_shards) + S.tree_depth(sample_shards) + 1
+
+
+def combine(dev: DeviceStatistics, sigma, target_class, *, xs_dtype, input_dim, num_samples, batch_size,
+            pairs_only=False, sample_shards=1) -> SampleStatistics:
+    """:class:`SampleStatistics` from the device's counts and double words (module docstring).
+
+    With NumPy inputs (the host side of :func:`sample_statistics`) every sum is ``hi + lo`` in
+    float64 and every count int64; with traced inputs (float32-only mode, under ``jit``) the
+    ambient float dtype and int32.
+    """
+    host = isinstance(dev.counts, np.ndarray)
+    xp = np if host else jnp
+    ftype = np.float64 if host else (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    itype = np.int64 if host else jnp.int32
+    u = S.unit_roundoff(xs_dtype)
+
+    def f(x):
+        return None if x is None else xp.asarray(x[0]).astype(ftype) + xp.asarray(x[1]).astype(ftype)
+
+    def i(x):
+        return None if x is None else xp.asarray(x).astype(itype)
+
+    sig = xp.asarray(sigma).astype(ftype)
+    fields = dict(counts=i(dev.counts), nonfinite=i(dev.nonfinite), num_samples=num_samples,
+                  count_samples=num_samples // 2 if pairs_only else num_samples)
     if target_class is not None:
-        fields["target_class"] = target
-    if dot_product:
-        # (e.e') / sigma^4 = (u.u') / sigma^2 with e = sigma u.
-        fields["dot_sum"] = out["dot_sum"] / sigma_f**2
-        fields["dot_sq_sum"] = out["dot_sq_sum"] / sigma_f**4
-    if dipole:
-        fields["dipole_both"] = out["dipole_both"]
-        fields["dipole_plus_only"] = out["dipole_plus_only"]
-    if split_half:
-        fields["z_sum_a"] = out["z_sums"][:, 0] * sigma_f
-        fields["z_sum_b"] = out["z_sums"][:, 1] * sigma_f
+        fields["target_class"] = xp.asarray(target_class).astype(np.int32)
+    if dev.dipole_both is not None:
+        fields["dipole_both"], fields["dipole_plus_only"] = i(dev.dipole_both), i(dev.dipole_plus_only)
+    if dev.dot is not None:
+        depth = accumulation_depth(num_samples, batch_size, sample_shards=sample_shards, pair_terms=True)
+        abs_sum = f(dev.dot_abs)
+        # per-pair products rounded (u) and summed over d by a tree (4 ceil(log2 d) u^2), the pairs
+        # accumulated (4 L u^2); the computed abs_sum (a float32 sum over d) is at least
+        # 1 - (d + 2) u times the exact one, covered by the last factor.
+        rel = (u + S.error_bound(S.tree_depth(input_dim) + depth, 1.0, xs_dtype)) * (1.0 + 2.0 * (input_dim + 2) * u)
+        fields["dot_sum"] = f(dev.dot) / sig**2  # (e.e') / sigma^4 = (u.u') / sigma^2
+        fields["dot_sq_sum"] = f(dev.dot_sq) / sig**4
+        fields["dot_sum_error"] = rel * abs_sum / sig**2
+    if dev.z_a is not None:
+        depth = accumulation_depth(num_samples, batch_size, split_half=True, sample_shards=sample_shards)
+        u_max = U_MAX[np.dtype(xs_dtype)]
+        bound = S.error_bound(depth, 0.5 * u_max * ((num_samples + 1) // 2), xs_dtype)
+        fields["z_sum_a"] = f(dev.z_a) * sig
+        fields["z_sum_b"] = f(dev.z_b) * sig
+        fields["z_sum_error"] = xp.full(fields["counts"].shape[:1], bound, ftype) * sig
     return SampleStatistics(**fields)
+
+
+def sample_statistics_under_jit(apply_fn, params, xs, key, sigma, target_class, input_ids, *, num_samples,
+                                batch_size, dot_product=False, dipole=False, split_half=False,
+                                pairs_only=False) -> SampleStatistics:
+    """:func:`sample_statistics` inside ``jit``: the device program and :func:`combine`, no validation.
+
+    Float sums come back in the ambient precision (float32 unless x64 is on): the float32-only
+    mode, for programs that keep everything on one device.
+    """
+    dev = device_statistics(apply_fn, params, xs, key, sigma, target_class, input_ids, num_samples=num_samples,
+                            batch_size=batch_size, dot_product=dot_product, dipole=dipole, split_half=split_half,
+                            pairs_only=pairs_only)
+    return combine(dev, sigma, target_class, xs_dtype=noise_dtype(xs), input_dim=_dim(xs), num_samples=num_samples,
+                   batch_size=batch_size, pairs_only=pairs_only)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import count_compilations
 from analytic_classifiers import HalfSpace, Slab, unit_vector
 from scipy import stats
 
@@ -173,6 +174,8 @@ def test_nan_logits_and_nan_inputs_abstain_with_reasons():
 # --------------------------------------------------------------------------- invariances, compilation
 
 _SMALL = dict(methods=ZERO_ORDER, n=2000)
+# the device program and the host certificate program of certify
+_PROGRAMS = ("_statistics_jit", "_certificates", "per_shard")
 _SMALL_X = [a * W for a in (0.0, -0.3, 0.1, 0.4)]  # the second is on the boundary: p = 1/2
 
 
@@ -181,18 +184,18 @@ def small_runs():
     """One dataset of 4 inputs certified in one call, again, and in two calls of 2 (other batch_size)."""
     clf = HalfSpace(W, 0.3)
     full = _certify(clf, _SMALL_X, batch_size=1000, **_SMALL)
-    size = pipeline._certify_jit._cache_size()
-    again = _certify(clf, _SMALL_X, batch_size=1000, **_SMALL)
-    recompiled = pipeline._certify_jit._cache_size() != size
+    with count_compilations(_PROGRAMS) as compiled:
+        again = _certify(clf, _SMALL_X, batch_size=1000, **_SMALL)
+    recompiled = bool(compiled)
     halves = [_certify(clf, _SMALL_X[i:i + 2], batch_size=500, input_ids=np.arange(i, i + 2), **_SMALL) for i in (0, 2)]
-    size = pipeline._certify_jit._cache_size()
-    # new sigma, alpha, ids and inputs: the same compiled program
-    _certify(clf, _SMALL_X[1:3], batch_size=500, input_ids=np.arange(5, 7), sigma=0.4, alpha=0.01, **_SMALL)
-    # a dataset of 3 in groups of 2: the last group is padded to 2, so still the same program
-    grouped = certify_in_batches(clf.apply_fn, clf.params, np.stack(_SMALL_X[:3]).astype(np.float32),
-                                 jax.random.key(0), inputs_per_call=2, sigma=SIGMA, n0=N0, alpha=ALPHA,
-                                 batch_size=500, **_SMALL)
-    recompiled = recompiled or pipeline._certify_jit._cache_size() != size
+    with count_compilations(_PROGRAMS) as compiled:
+        # new sigma, alpha, ids and inputs: the same compiled programs
+        _certify(clf, _SMALL_X[1:3], batch_size=500, input_ids=np.arange(5, 7), sigma=0.4, alpha=0.01, **_SMALL)
+        # a dataset of 3 in groups of 2: the last group is padded to 2, so still the same programs
+        grouped = certify_in_batches(clf.apply_fn, clf.params, np.stack(_SMALL_X[:3]).astype(np.float32),
+                                     jax.random.key(0), inputs_per_call=2, sigma=SIGMA, n0=N0, alpha=ALPHA,
+                                     batch_size=500, **_SMALL)
+    recompiled = recompiled or bool(compiled)
     return clf, full, again, halves, recompiled, grouped
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from analytic_classifiers import HalfSpace, Slab, unit_vector
 
-from smoothjax.sampling import MAX_NUM_SAMPLES, sample_statistics
+from smoothjax.sampling import MAX_NUM_SAMPLES, device_statistics, sample_statistics
 
 SIGMA = 0.5
 SHAPE = (2, 2)
@@ -143,13 +143,11 @@ def test_nonfinite_logits_are_counted():
 
 
 def _memory(n):
-    from smoothjax.sampling import _sample_statistics_jit
-
     clf = HalfSpace(unit_vector((8, 8, 1)), 0.1)
-    args = (clf.params, jnp.zeros((4, 8, 8, 1), jnp.float32), jax.random.key(0), jnp.asarray(0.25),
+    args = (clf.params, jnp.zeros((4, 8, 8, 1), jnp.float32), jax.random.key(0), jnp.float32(0.25),
             jnp.zeros(4, jnp.int32), jnp.arange(4, dtype=jnp.uint32))
     kw = dict(num_samples=n, batch_size=1000, dot_product=True, dipole=True, split_half=True)
-    compiled = _sample_statistics_jit.lower(clf.apply_fn, *args, **kw).compile()
+    compiled = jax.jit(functools.partial(device_statistics, clf.apply_fn, **kw)).lower(*args).compile()
     mem = compiled.memory_analysis()
     return mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
 
@@ -229,7 +227,6 @@ def _throughput(repeats=15, inputs=8, batch_size=256, chunks=10):
     import time
 
     from smoothjax.app.models import SmallCNN
-    from smoothjax.sampling import _sample_statistics_jit
 
     model = SmallCNN(features=(16, 32), hidden=64, num_classes=10)
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1), jnp.float32))
@@ -243,11 +240,15 @@ def _throughput(repeats=15, inputs=8, batch_size=256, chunks=10):
 
         return jax.lax.fori_loop(0, chunks, body, 0)
 
+    programs = {}
+
     def stats(**flags):
-        return _sample_statistics_jit(
-            model.apply, params, xs, jax.random.key(3), jnp.asarray(0.25), jnp.zeros(inputs, jnp.int32),
-            jnp.arange(inputs, dtype=jnp.uint32), num_samples=batch_size * chunks, batch_size=batch_size, **flags,
-        )
+        key = tuple(sorted(flags.items()))
+        if key not in programs:
+            programs[key] = jax.jit(functools.partial(device_statistics, model.apply, num_samples=batch_size * chunks,
+                                                      batch_size=batch_size, **flags))
+        return programs[key](params, xs, jax.random.key(3), jnp.float32(0.25), jnp.zeros(inputs, jnp.int32),
+                             jnp.arange(inputs, dtype=jnp.uint32))
 
     cases = {
         "bare forward": lambda: bare(params, rows),

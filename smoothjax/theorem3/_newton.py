@@ -280,7 +280,7 @@ def newton_body(c, r, b, tol, edges, max_iter=NEWTON_ITERS):
     it = c.it + 1
     return NewtonCarry(
         st=st, mu=jnp.where(switch, 0.0, mu), it=it, phase_it=jnp.where(switch, 0, phase_it),
-        fallback=c.fallback ^ switch, switched=c.switched + switch, fresh=switch,
+        fallback=c.fallback ^ switch, switched=c.switched + switch.astype(c.switched.dtype), fresh=switch,
         done=(finished & ~switch) | (it >= 2 * max_iter),
     )
 
