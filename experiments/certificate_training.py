@@ -16,7 +16,7 @@ certify, ``sigma Phi^-1(alpha^(1/n))`` (all ``n`` samples correct).
 Usage::
 
     python experiments/certificate_training.py                  # the full configuration (~25 min, 2 cores)
-    python experiments/certificate_training.py --config small   # what the notebook runs
+    python experiments/certificate_training.py --config small   # what the notebook runs (one seed)
     python experiments/certificate_training.py --config test    # the reduced run of the test suite
 
 Writes ``DIR/results.json`` (settings, seeds, per-model radii and the summary), ``DIR/results.md``
@@ -78,8 +78,10 @@ class Config:
 
 CONFIGS = {
     "full": Config(),
-    "small": Config(datasets=("swissroll",), objectives=("gaussian", "macer", "cohen_l2", "sos_l2"), seeds=(0, 1),
-                    epochs=10, n=10_000, cert_batch_size=5_000, methods=("cohen_l2", "sos_l2"), num_test=100),
+    # the notebook's run (a few minutes on 2 cores): digits, one seed, the Cohen hinge against Gaussian augmentation
+    "small": Config(datasets=("digits",), objectives=("gaussian", "cohen_l2"), seeds=(0,), epochs=30,
+                    learning_rate=1e-3, n=2_000, cert_batch_size=500, methods=("cohen_l2", "first_order_l1"),
+                    num_test=100),
     "test": Config(datasets=("swissroll",), objectives=("gaussian", "macer"), seeds=(0, 1), epochs=1, n=1_000, n0=50,
                    cert_batch_size=500, methods=("cohen_l2", "dipole_l2"), num_test=16),
 }
@@ -115,9 +117,14 @@ def _mean_std(values):
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0, "values": a.tolist()}
 
 
-def run(cfg: Config, out: str | None = None, log=print) -> dict:
-    """Train and certify every (dataset, objective, seed) of ``cfg``; returns (and writes) the results."""
+def run(cfg: Config, out: str | None = None, log=print, keep_certificates: bool = False) -> dict:
+    """Train and certify every (dataset, objective, seed) of ``cfg``; returns (and writes) the results.
+
+    With ``keep_certificates`` the :class:`smoothjax.CertifyResult` of every model is kept in
+    ``results["certificates"][dataset][objective]`` (one per seed; not written to JSON).
+    """
     results = {"config": dataclasses.asdict(cfg), "datasets": {}, "models": {}, "summary": {}}
+    kept = {}
     for dataset in cfg.datasets:
         spec = DATASETS[dataset]
         sigma = spec["sigma"]
@@ -164,6 +171,8 @@ def run(cfg: Config, out: str | None = None, log=print) -> dict:
                 cohen = np.asarray(entry["methods"].get("cohen_l2", {}).get("radii", [0.0]))
                 entry["at_cap"] = float(np.mean(cohen >= cap * (1 - 1e-6)))
                 per_model.setdefault(name, []).append(entry)
+                if keep_certificates:
+                    kept.setdefault(dataset, {}).setdefault(name, []).append((cert, labels))
                 log(f"{dataset:>9} {name:>15} seed {seed}: loss {entry['final_loss']:.3f}, clean {clean:.3f}, "
                     + ", ".join(f"ACR[{m}] {entry['methods'][m]['acr']:.4f}" for m in cfg.methods)
                     + f", at cap {entry['at_cap']:.2f}  (train {train_seconds:.1f} s, certify {cert_seconds:.1f} s)")
@@ -175,7 +184,32 @@ def run(cfg: Config, out: str | None = None, log=print) -> dict:
         with open(os.path.join(out, "results.md"), "w") as fh:
             fh.write(markdown(results))
         plot(results, os.path.join(out, "certified_accuracy.png"))
+    if keep_certificates:
+        results["certificates"] = kept
     return results
+
+
+def write_single_run(results: dict, out: str, dataset: str | None = None, seed_index: int = 0) -> dict:
+    """One dataset and seed of ``results`` (run with ``keep_certificates=True``) in the per-model layout
+    the notebook saves: ``out/results.json`` with ``config`` (sigma, n, alpha, ...) and ``models``
+    (objective -> clean accuracy, correct, per-certificate radii and ACR), ``out/<objective>.tsv``
+    (Cohen-style certification TSVs) and ``out/certified_accuracy.png``. Returns that dict."""
+    from smoothjax.app import tsv
+
+    dataset = dataset or next(iter(results["models"]))
+    info = results["datasets"][dataset]
+    view = {"config": {**results["config"], "dataset": dataset, "sigma": info["sigma"], "num_test": info["num_test"],
+                       "seed": results["config"]["seeds"][seed_index]},
+            "models": {name: entries[seed_index] for name, entries in results["models"][dataset].items()}}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as fh:
+        json.dump(view, fh, indent=1)
+    for name, certs in results["certificates"][dataset].items():
+        cert, labels = certs[seed_index]
+        tsv.write_tsv(os.path.join(out, f"{name}.tsv"), cert, labels=labels)
+    plot({**results, "datasets": {dataset: info}, "models": {dataset: results["models"][dataset]}},
+         os.path.join(out, "certified_accuracy.png"))
+    return view
 
 
 def summarize(per_model: dict, methods, radii) -> dict:
