@@ -24,9 +24,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 INPUTS, SAMPLES = "inputs", "samples"
 
 
-def default_mesh() -> Mesh:
-    """Every device on the inputs axis (samples axis of size 1): the fastest layout for many inputs."""
-    return Mesh(np.asarray(jax.devices()).reshape(-1, 1), (INPUTS, SAMPLES))
+def default_mesh(batch: int | None = None) -> Mesh:
+    """The mesh used when the caller passes none.
+
+    Splitting inputs is the cheapest parallelism (no collective), so every device goes on the
+    inputs axis, unless there are fewer inputs than devices: then (one process) the samples axis
+    takes the smallest divisor ``s`` of the device count with ``devices / s <= batch``, so that one
+    input on 4 devices is split 1 x 4 instead of being computed 4 times. With several processes
+    the default stays ``devices x 1`` (every process must build the same mesh).
+    """
+    devices = np.asarray(jax.devices())
+    count = devices.size
+    samples = 1
+    if batch is not None and jax.process_count() == 1 and batch < count:
+        samples = next(s for s in range(1, count + 1) if count % s == 0 and count // s <= max(batch, 1))
+    return Mesh(devices.reshape(count // samples, samples), (INPUTS, SAMPLES))
 
 
 def make_mesh(inputs: int, samples: int) -> Mesh:

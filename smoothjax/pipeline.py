@@ -230,7 +230,7 @@ def predict(apply_fn, params, xs, key, *, sigma, n: int, alpha, batch_size: int,
     if not V.is_concrete((xs, sigma, alpha, ids)):
         counts, nonfinite, finite = _predict_statistics(apply_fn, params, jnp.asarray(xs), key, ids, sigma, **flags)
         return _predict_math(counts, nonfinite, finite, alpha)
-    mesh = _sharding.default_mesh() if mesh is None else _sharding.check_mesh(mesh)
+    mesh = _sharding.default_mesh(np.shape(xs)[0]) if mesh is None else _sharding.check_mesh(mesh)
     xs = np.asarray(xs)
     xs_g, ids_g, local = _sharding.shard_inputs(mesh, xs, np.asarray(ids))
     sigma_dev = jnp.asarray(sigma, noise_dtype(xs))
@@ -354,7 +354,7 @@ def certify(
         mask_j = None if mask is None else jnp.asarray(mask)
         return _certify_one_program(apply_fn, params, jnp.asarray(xs), key, jnp.asarray(ids), sigma_f, alpha_f, mask_j,
                   config=config, tags=tuple(tags.items()))
-    mesh = _sharding.default_mesh() if mesh is None else _sharding.check_mesh(mesh)
+    mesh = _sharding.default_mesh(np.shape(xs)[0]) if mesh is None else _sharding.check_mesh(mesh)
     xs = np.asarray(xs)
     xs_g, ids_g, local = _sharding.shard_inputs(mesh, xs, np.asarray(ids))
     device_out = _statistics_jit(apply_fn, params, xs_g, key, ids_g, jnp.asarray(sigma, noise_dtype(xs)),

@@ -91,7 +91,8 @@ def test_every_mesh_of_four_devices_matches_one_device(tmp_path, methods):
 
 
 def test_sharded_program_uses_every_device():
-    """Inside the 4-device process the inputs are spread over all devices, 2 inputs per device."""
+    """Inside the 4-device process the inputs are spread over all devices, 2 inputs per device; fewer
+    inputs than devices get their samples split instead of being computed several times over."""
     code = textwrap.dedent(
         """
         import jax, jax.numpy as jnp, numpy as np, smoothjax
@@ -106,6 +107,8 @@ def test_sharded_program_uses_every_device():
         sampling.sample_statistics(fn, None, np.zeros((8, 3), np.float32), jax.random.key(0), sigma=1.0,
                                    num_samples=100, batch_size=50)
         print(max(seen[1:]))  # rows per model call inside the program: 2 inputs of the 8 per device
+        shapes = [tuple(_sharding.default_mesh(b).devices.shape) for b in (1, 2, 3, 8)]
+        assert shapes == [(1, 4), (2, 2), (2, 2), (4, 1)], shapes  # few inputs: split their samples
         print(len(xs.sharding.device_set))
         """
     )
