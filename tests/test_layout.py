@@ -91,7 +91,7 @@ def test_core_works_without_the_application_extras():
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
 
 
-def test_command_line_without_the_extras_names_the_extra():
+def test_command_line_without_the_extras_names_the_extra(tmp_path):
     code = (
         "import sys\n"
         "sys.modules['matplotlib'] = None\n"
@@ -99,7 +99,8 @@ def test_command_line_without_the_extras_names_the_extra():
         "sys.exit(cli.main(['demo', '--out', 'unused']))\n"
     )
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "smoothjax[app]" in lines[0], done.stderr
