@@ -313,6 +313,9 @@ def main(argv=None):
     overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()
                  if k in {f.name for f in dataclasses.fields(Config)} and v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
+    # float64 certificate math inside the losses (the models stay float32): in float32 the Theorem 3
+    # solver of the first-order radii often stops short of its tolerance and reports a zero derivative
+    jax.config.update("jax_enable_x64", True)
     # one compilation per objective serves every seed (the training program takes its keys as arguments)
     cache = os.environ.get("SMOOTHJAX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "smoothjax", "jax"))
     if cache:

@@ -338,8 +338,8 @@ def soft_radius(
       >>> from smoothjax.objectives import soft_radius
       >>> print(f"{float(soft_radius('cohen_l2', 0.9, 0.5)):.4f}")
       0.6408
-      >>> print(f"{float(soft_radius('dipole_l2', 0.9, 0.5, p_both=0.85)):.4f}")  # above Cohen's
-      0.7178
+      >>> print(f"{float(soft_radius('dipole_l2', 0.9, 0.5, p_both=0.85)):.2f}")  # above Cohen's
+      0.72
     """
     dtype = _default_float()
     p = jnp.asarray(p, dtype)
