@@ -10,6 +10,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+__all__ = [
+    "BISECTION_MAX_STEPS",
+    "bisect",
+    "from_ordered_int",
+    "ordered_int",
+    "safe_side",
+]
+
 BISECTION_MAX_STEPS = 128  # bit-pattern bisection closes within 64 steps (float64)
 
 

@@ -15,6 +15,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "check_alpha",
+    "check_at_least_one",
+    "check_counts",
+    "check_finite",
+    "check_nonnegative",
+    "check_probability",
+    "check_sigma",
+    "check_static_int",
+    "invalid_probability",
+    "invalid_sigma",
+    "is_concrete",
+]
+
 
 def is_concrete(x: Any) -> bool:
     """True when ``x`` (or every leaf of it) holds concrete values we can inspect on the host."""

@@ -52,11 +52,12 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
 from smoothjax._config import as_float
 from smoothjax._validation import check_alpha, check_counts
 
-__all__ = ["clopper_pearson_lower", "clopper_pearson_upper", "binomial_two_sided_pvalue"]
+__all__ = ["binomial_two_sided_pvalue", "clopper_pearson_lower", "clopper_pearson_upper"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _CF_MAX_TERMS = 20_000
@@ -214,9 +215,10 @@ def _lower_logit(k, n, log_alpha):
     margin = margin + 0.01 * eps * n
     target = log_alpha - margin
 
-    def g(t):
-        log_i, log_front = _log_betainc_logit(a, b, t)
-        return log_i - target, jnp.exp(log_front - log_i)
+    def g(t):  # t: [2, ...], the two evaluation points per lane
+        a_t, b_t, target_t = (jnp.broadcast_to(v, t.shape) for v in (a, b, target))
+        log_i, log_front = _log_betainc_logit(a_t, b_t, t)
+        return log_i - target_t, jnp.exp(log_front - log_i)
 
     # Initial point: normal approximation on the success fraction, on the logit scale.
     z = -jax.scipy.special.ndtri(jnp.exp(log_alpha))
@@ -270,7 +272,7 @@ def _lower_logit(k, n, log_alpha):
         use0 = below[0] & (pts[0] > lo) & ~use1
         new_lo = jnp.where(use1, pts[1], jnp.where(use0, pts[0], lo))
         new_g_lo = jnp.where(use1, gp[1], jnp.where(use0, gp[0], g_lo))
-        new_hi = jnp.minimum(hi, jnp.min(jnp.where(below, hi, pts), axis=0))
+        new_hi = jnp.minimum(hi, jnp.min(jnp.where(below, jnp.broadcast_to(hi, pts.shape), pts), axis=0))
         done = converged(lo, hi, g_lo)
         new_lo = jnp.where(done, lo, new_lo)
         new_hi = jnp.where(done, hi, new_hi)
@@ -349,7 +351,7 @@ def _upper_jit(successes, trials, alpha):
     return jnp.where(invalid, jnp.nan, x)
 
 
-def clopper_pearson_lower(successes, trials, alpha):
+def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: ArrayLike) -> jax.Array:
     """One-sided (1 - alpha) Clopper-Pearson lower confidence bound on a binomial proportion.
 
     Returns the x solving ``P[Bin(n, x) >= k] = alpha``, i.e. ``beta.ppf(alpha, k, n - k + 1)``
@@ -365,19 +367,30 @@ def clopper_pearson_lower(successes, trials, alpha):
       float array of the broadcast shape (float64 under x64). Errs low: it is the lower end of the
       final bracket, within ~1e-13 relative of the exact quantile (n up to 1e9). NaN for invalid
       entries under ``jit``; ``ValueError`` for concrete invalid inputs.
+
+    Example:
+      >>> p_lower = clopper_pearson_lower(990, 1000, 0.001)
+      >>> print(f"{float(p_lower):.4f}")
+      0.9760
+      >>> [round(float(b), 4) for b in clopper_pearson_lower([0, 1000], 1000, 0.001)]  # 0 and alpha^(1/n)
+      [0.0, 0.9931]
     """
     check_counts(successes, trials)
     check_alpha(alpha)
     return _lower_jit(as_float(successes), as_float(trials), as_float(alpha))
 
 
-def clopper_pearson_upper(successes, trials, alpha):
+def clopper_pearson_upper(successes: ArrayLike, trials: ArrayLike, alpha: ArrayLike) -> jax.Array:
     """One-sided (1 - alpha) Clopper-Pearson upper confidence bound on a binomial proportion.
 
     Returns the x solving ``P[Bin(n, x) <= k] = alpha``, i.e. ``beta.isf(alpha, k + 1, n - k)``
     (1 for k = n), computed as ``1 - clopper_pearson_lower(n - k, n, alpha)`` (through the logit,
     so bounds near 0 keep their relative accuracy) and rounded up: it errs high. Shapes, dtypes
     and invalid-input behaviour as :func:`clopper_pearson_lower`.
+
+    Example:
+      >>> print(f"{float(clopper_pearson_upper(990, 1000, 0.001)):.4f}")
+      0.9970
     """
     check_counts(successes, trials)
     check_alpha(alpha)
@@ -395,7 +408,7 @@ def _pvalue_jit(successes, trials):
     return jnp.where(invalid, jnp.nan, p)
 
 
-def binomial_two_sided_pvalue(successes, trials):
+def binomial_two_sided_pvalue(successes: ArrayLike, trials: ArrayLike) -> jax.Array:
     """Two-sided p-value of the exact binomial test of H0: p = 1/2.
 
     For the symmetric null this is ``min(1, 2 P[X <= min(k, n - k)])``, X ~ Bin(n, 1/2) (and 1
@@ -411,6 +424,10 @@ def binomial_two_sided_pvalue(successes, trials):
       float array; NaN for invalid entries under ``jit``, ``ValueError`` for concrete ones.
       Accurate to ~1e-13 relative for p-values up to ~0.25 (the continued fraction is capped
       at 20,000 terms, enough near the centre for n up to ~1e8).
+
+    Example:
+      >>> print(f"{float(binomial_two_sided_pvalue(60, 100)):.4f}")
+      0.0569
     """
     check_counts(successes, trials)
     return _pvalue_jit(as_float(successes), as_float(trials))

@@ -41,12 +41,12 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.scipy.special import ndtri
+from jax.typing import ArrayLike
 
 from smoothjax._config import as_float
 from smoothjax._normal import Phi as _Phi
@@ -56,11 +56,11 @@ from smoothjax._normal import upper_quantile as _upper_quantile
 from smoothjax._roots import bisect as _bisect
 from smoothjax._roots import safe_side as _safe_side
 from smoothjax._validation import (
-    invalid_probability,
-    invalid_sigma,
     check_nonnegative,
     check_probability,
     check_sigma,
+    invalid_probability,
+    invalid_sigma,
     is_concrete,
 )
 
@@ -75,7 +75,6 @@ __all__ = [
 _F_MARGIN = 32.0  # ulps of 1 allowed for the evaluation error of the bound functions
 _SOS_NEWTON_STEPS_A = 4  # Newton steps for Phi^-1(a0); 3 leave errors of 1e-10 in the radius
 _SOS_NEWTON_STEPS_R = 4  # Newton steps for the SoS radius
-
 
 
 def _float32_safety(r):
@@ -107,7 +106,7 @@ def _round_down(r):
 # ----------------------------------------------------------------------------------------------
 
 
-def cohen_radius(p_lower, sigma):
+def cohen_radius(p_lower: ArrayLike, sigma: ArrayLike) -> jax.Array:
     """Cohen et al. (2019) l2 radius ``sigma * Phi^-1(p_lower)``; 0 where ``p_lower <= 1/2``.
 
     Args:
@@ -118,27 +117,35 @@ def cohen_radius(p_lower, sigma):
       radius in input units (``inf`` at p_lower = 1). ``Phi^-1`` is evaluated as
       ``-Phi^-1(1 - p)`` so that p = 1 - 1e-12 gives 7.03 sigma accurately. NaN under ``jit``
       for invalid inputs, ``ValueError`` outside it.
+
+    Example:
+      >>> print(f"{float(cohen_radius(0.9, sigma=0.25)):.4f}")  # 0.25 * Phi^-1(0.9)
+      0.3204
+      >>> [float(r) for r in cohen_radius([0.5, 1.0], sigma=0.25)]  # abstain at 1/2, inf at 1
+      [0.0, inf]
     """
     check_probability("p_lower", p_lower)
     check_sigma(sigma)
-    p = as_float(p_lower)
-    sigma = as_float(sigma)
+    p, sigma = jnp.broadcast_arrays(as_float(p_lower), as_float(sigma))
     z = _upper_quantile(jnp.where(p > 0.5, p, 0.75))
     r = _float32_safety(jnp.where(p > 0.5, sigma * z, 0.0))
     return jnp.where(invalid_probability(p) | invalid_sigma(sigma), jnp.nan, r)
 
 
-def max_grad_norm(p, sigma):
+def max_grad_norm(p: ArrayLike, sigma: ArrayLike) -> jax.Array:
     """Largest ``||grad g||_2`` any smoothed classifier can have where ``g = p``.
 
     ``phi(Phi^-1(p)) / sigma`` (1/input units), attained by a linear base classifier (second
     paper, Figure 3a). Symmetric in p <-> 1 - p and evaluated through ``min(p, 1 - p)``. 0 at
     p in {0, 1}. NaN under ``jit`` for invalid inputs, ``ValueError`` outside it.
+
+    Example:
+      >>> print(f"{float(max_grad_norm(0.9, sigma=0.25)):.4f}")  # phi(Phi^-1(0.9)) / 0.25
+      0.7020
     """
     check_probability("p", p)
     check_sigma(sigma)
-    p = as_float(p)
-    sigma = as_float(sigma)
+    p, sigma = jnp.broadcast_arrays(as_float(p), as_float(sigma))
     out = _max_grad(jnp.minimum(p, 1.0 - p)) / sigma
     return jnp.where(invalid_probability(p) | invalid_sigma(sigma), jnp.nan, out)
 
@@ -182,8 +189,8 @@ def _sos_a0(q, g, v_q, g_max):
 
     Where D is within 8 (1 + v_q^2) ulps of g_max (the rounding error of h itself, so the
     floating-point root is noise) u is the lower end ``Phi^-1(tiny)`` (a0 ~ 0, safe): the exact a0
-    is below ``D / (|u| + |v_q|)``, at most ~1e-13 g_max, and the radius moves by O(a0). Entries with D <= 0 (gradient at its maximum) are
-    handled by the caller; their u here is meaningless.
+    is below ``D / (|u| + |v_q|)``, at most ~1e-13 g_max, and the radius moves by O(a0). Entries
+    with D <= 0 (gradient at its maximum) are handled by the caller; their u here is meaningless.
     """
     dtype = q.dtype
     eps = jnp.finfo(dtype).eps
@@ -289,7 +296,7 @@ def _sos_dimensionless_jvp(primals, tangents):
     return r, dr
 
 
-def sos_radius(p_lower, grad_norm_upper, sigma):
+def sos_radius(p_lower: ArrayLike, grad_norm_upper: ArrayLike, sigma: ArrayLike) -> jax.Array:
     """Second-order smoothing l2 radius (second paper Theorem 1; first paper Corollary 3.1).
 
     The largest rho such that every base classifier f: R^d -> [0, 1] whose smoothed version has
@@ -315,6 +322,12 @@ def sos_radius(p_lower, grad_norm_upper, sigma):
       floating-point equation (see :func:`_sos_solve`), rounded toward the smaller radius.
       Differentiable (implicit function theorem, see the module docstring for the edges). NaN
       under ``jit`` for invalid inputs.
+
+    Example:
+      >>> print(f"{float(sos_radius(0.9, 0.3, sigma=0.25)):.3f}")  # above Cohen's 0.320
+      0.364
+      >>> print(f"{float(sos_radius(0.9, 1.0, sigma=0.25)):.3f}")  # bound >= maximum: Cohen's radius
+      0.320
     """
     check_probability("p_lower", p_lower)
     check_nonnegative("grad_norm_upper", grad_norm_upper)
@@ -392,7 +405,7 @@ def _dipole_dimensionless_jvp(primals, tangents):
     return r, dr
 
 
-def dipole_radius(cs_lower, cn_lower, sigma):
+def dipole_radius(cs_lower: ArrayLike, cn_lower: ArrayLike, sigma: ArrayLike) -> jax.Array:
     """Gaussian dipole smoothing l2 radius (second paper Theorem 3).
 
     ``cs = E[f(x + e) f(x - e)]`` (both antithetic samples give the top class) and
@@ -415,6 +428,12 @@ def dipole_radius(cs_lower, cn_lower, sigma):
     Returns:
       radius in input units, rounded toward the smaller radius; differentiable (implicit
       function theorem). NaN under ``jit`` for invalid inputs, ``ValueError`` outside it.
+
+    Example:
+      >>> print(f"{float(dipole_radius(0.95, 0.02, sigma=0.25)):.2f}")  # Cohen at 0.97: 0.47
+      0.49
+      >>> print(f"{float(dipole_radius(0.5, 0.3, sigma=0.25)):.3f}")  # Cohen's radius at cs + cn = 0.8
+      0.210
     """
     check_probability("cs_lower", cs_lower)
     check_probability("cn_lower", cn_lower)

@@ -121,8 +121,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from smoothjax._config import as_float, float_dtype
+from smoothjax._deprecation import keyword_only_shim
 from smoothjax._normal import max_grad as _max_grad
 from smoothjax._validation import (
     check_alpha,
@@ -162,7 +164,15 @@ _WIDEN = 16  # final relative widening, in units of eps
 
 
 class NormBounds(NamedTuple):
-    """``(lower, upper)`` bounds on a norm of ``grad g`` (1/input units), each ``[...]``."""
+    """``(lower, upper)`` bounds on a norm of ``grad g`` (1/input units), each ``[...]``.
+
+    Example:
+      >>> import numpy as np
+      >>> lower, upper = grad_l2_bounds(np.array([0.05, 0.0]), np.array([0.04, 0.01]), 5000, 5000,
+      ...                               sigma=0.25, alpha=0.001)
+      >>> bool(lower <= upper)
+      True
+    """
 
     lower: jax.Array
     upper: jax.Array
@@ -209,6 +219,11 @@ def _prepare(mean_a, mean_b, num_a, num_b, sigma, alpha):
     x = as_float(mean_a)
     y = as_float(mean_b)
     na, nb, s, a = (as_float(v) for v in (num_a, num_b, sigma, alpha))
+    # One batch shape for everything (explicit broadcasting; the values are unchanged).
+    batch = jnp.broadcast_shapes(x.shape[:-1], y.shape[:-1], na.shape, nb.shape, s.shape, a.shape)
+    x = jnp.broadcast_to(x, batch + x.shape[-1:])
+    y = jnp.broadcast_to(y, batch + y.shape[-1:])
+    na, nb, s, a = (jnp.broadcast_to(v, batch) for v in (na, nb, s, a))
     bad = (
         ~jnp.all(jnp.isfinite(x) & jnp.isfinite(y), axis=-1)
         | ~(na >= 1) | ~(nb >= 1) | ~jnp.isfinite(na) | ~jnp.isfinite(nb)
@@ -257,13 +272,33 @@ def _chernoff_chaos(dim, log_inv):
     return jnp.where(hi < 1, dim * hi / (1 - hi * hi), jnp.inf)
 
 
-def chaos_deviation(k1, k2, dim, alpha_tail, *, method="bernstein"):
+@keyword_only_shim("dim", "alpha_tail")
+def chaos_deviation(
+    k1: ArrayLike, k2: ArrayLike, *, dim: int | float, alpha_tail: ArrayLike, method: str = "bernstein"
+) -> jax.Array:
     """Deviation ``t`` with ``P(xi.eta < -t) <= alpha_tail`` (and ``P(xi.eta > t) <= alpha_tail``).
 
     ``xi``, ``eta``: independent ``dim``-dimensional vectors, sub-Gaussian (MGF sense) with
     proxies ``k1``, ``k2`` (same units as ``X.Y``). ``alpha_tail`` is the one-sided failure
     probability (the l2 bounds pass ``alpha/2``, so ``log(1/alpha_tail) = log(2/alpha)``). See the
     module docstring for the four methods; only ``"bernstein"`` and ``"chernoff"`` are proven.
+
+    Args:
+      k1, k2: the two sub-Gaussian variance proxies (e.g. ``K sigma^2 / num_a``), broadcastable.
+      dim: the dimension ``D`` of the chaos (a Python number).
+      alpha_tail: one-sided failure probability in (0, 1), broadcastable.
+      method: ``"bernstein"`` (default), ``"chernoff"``, ``"paper_theorem5"`` or
+        ``"paper_table1"``. Static.
+
+    Returns:
+      ``t`` (units of ``X.Y``), the broadcast shape of ``k1``, ``k2`` and ``alpha_tail``.
+
+    Example:
+      >>> t = chaos_deviation(1e-4, 1e-4, dim=3, alpha_tail=0.0005)
+      >>> print(f"{float(t):.4g}")
+      0.00215
+      >>> bool(chaos_deviation(1e-4, 1e-4, dim=3, alpha_tail=0.0005, method="chernoff") < t)
+      True
     """
     _check_method(method)
     kappa = as_float(k1) * as_float(k2)
@@ -283,7 +318,18 @@ def chaos_deviation(k1, k2, dim, alpha_tail, *, method="bernstein"):
 # ----------------------------------------------------------------------------- public bounds
 
 
-def grad_l2_bounds(mean_a, mean_b, num_a, num_b, sigma, alpha, *, method="bernstein", subspace_dim=None):
+@keyword_only_shim("sigma", "alpha")
+def grad_l2_bounds(
+    mean_a: ArrayLike,
+    mean_b: ArrayLike,
+    num_a: ArrayLike,
+    num_b: ArrayLike,
+    *,
+    sigma: ArrayLike,
+    alpha: ArrayLike,
+    method: str = "bernstein",
+    subspace_dim: int | None = None,
+) -> NormBounds:
     """Lower and upper confidence bounds on ``||grad g||_2`` (first paper Thm 5, corrected).
 
     Args:
@@ -306,6 +352,13 @@ def grad_l2_bounds(mean_a, mean_b, num_a, num_b, sigma, alpha, *, method="bernst
     Math: the module docstring (``upper = (a + sqrt(a^2 + 4 (X.Y + t))) / 2``,
     ``lower = (-a + sqrt(a^2 + 4 (X.Y - t))) / 2``, ``a = sqrt(2 (k1 + k2) log(2/alpha))``,
     ``k_i = K sigma^2 / num_i``, then divided by ``sigma^2``).
+
+    Example:
+      >>> import numpy as np
+      >>> mean_a, mean_b = np.array([0.05, 0.0, 0.02]), np.array([0.04, 0.01, 0.02])
+      >>> bounds = grad_l2_bounds(mean_a, mean_b, 5000, 5000, sigma=0.25, alpha=0.001)
+      >>> print(f"{float(bounds.lower):.4f} {float(bounds.upper):.4f}")
+      0.6441 0.9415
     """
     _check_method(method)
     _, dim = _validate(mean_a, mean_b, num_a, num_b, sigma, alpha, subspace_dim)
@@ -320,7 +373,7 @@ def _l2_core(mean_a, mean_b, num_a, num_b, sigma, alpha, *, method, dim):
     k = SUBGAUSSIAN_CONSTANT * s * s
     k1, k2 = k / na, k / nb
     log_inv = jnp.log(2.0) - jnp.log(alpha)  # log(2/alpha): alpha/2 per term
-    t = chaos_deviation(k1, k2, dim, alpha / 2, method=method) * (1 + _WIDEN * eps)
+    t = chaos_deviation(k1, k2, dim=dim, alpha_tail=alpha / 2, method=method) * (1 + _WIDEN * eps)
     xy = jnp.sum(x * y, axis=-1)
     slack = 2.0 * m * eps * jnp.sum(jnp.abs(x * y), axis=-1)  # rounding of the dot product
     hi = xy + t + slack
@@ -348,7 +401,18 @@ def _pooled(x, y, na, nb):
     return w_a * x + w_b * y, n
 
 
-def grad_linf_bounds(mean_a, mean_b, num_a, num_b, sigma, alpha, *, method="bernstein", subspace_dim=None):
+@keyword_only_shim("sigma", "alpha")
+def grad_linf_bounds(
+    mean_a: ArrayLike,
+    mean_b: ArrayLike,
+    num_a: ArrayLike,
+    num_b: ArrayLike,
+    *,
+    sigma: ArrayLike,
+    alpha: ArrayLike,
+    method: str = "bernstein",
+    subspace_dim: int | None = None,
+) -> NormBounds:
     """Lower and upper bounds on ``||grad g||_inf`` (first paper, Table 1, third column).
 
     ``||M||_inf -+ t`` with the pooled mean ``M`` and ``t = sqrt(2 k log(2m/alpha) / n)``,
@@ -357,6 +421,13 @@ def grad_linf_bounds(mean_a, mean_b, num_a, num_b, sigma, alpha, *, method="bern
     probability ``>= 1 - alpha``. Identical for every ``method`` (accepted for a uniform interface).
     ``subspace_dim`` is accepted and validated but not needed (each projected coordinate has
     proxy ``<= k``). Shapes, units and NaN flags as :func:`grad_l2_bounds`.
+
+    Example:
+      >>> import numpy as np
+      >>> mean_a, mean_b = np.array([0.05, 0.0, 0.02]), np.array([0.04, 0.01, 0.02])
+      >>> bounds = grad_linf_bounds(mean_a, mean_b, 5000, 5000, sigma=0.25, alpha=0.001)
+      >>> print(f"{float(bounds.lower):.4f} {float(bounds.upper):.4f}")
+      0.5894 0.8506
     """
     _check_method(method)
     _validate(mean_a, mean_b, num_a, num_b, sigma, alpha, subspace_dim)
@@ -376,7 +447,18 @@ def _linf_core(mean_a, mean_b, num_a, num_b, sigma, alpha):
     return _finish(norm - t - slack, norm + t + slack, s, bad)
 
 
-def grad_l1_bounds(mean_a, mean_b, num_a, num_b, sigma, alpha, *, method="bernstein", subspace_dim=None):
+@keyword_only_shim("sigma", "alpha")
+def grad_l1_bounds(
+    mean_a: ArrayLike,
+    mean_b: ArrayLike,
+    num_a: ArrayLike,
+    num_b: ArrayLike,
+    *,
+    sigma: ArrayLike,
+    alpha: ArrayLike,
+    method: str = "bernstein",
+    subspace_dim: int | None = None,
+) -> NormBounds:
     """Lower and upper bounds on ``||grad g||_1`` (first paper, Table 1, first column).
 
     ``||M||_1 -+ t`` with the pooled mean ``M``. For the proven methods ``t = min(t_1, t_2)``
@@ -385,6 +467,13 @@ def grad_l1_bounds(mean_a, mean_b, num_a, num_b, sigma, alpha, *, method="bernst
     chi^2-type bound on ``||M - beta||_2``, ``D = subspace_dim``); the paper methods use ``t_1``.
     Divided by ``sigma^2``. The pair holds jointly with probability ``>= 1 - alpha``. Shapes,
     units and NaN flags as :func:`grad_l2_bounds`.
+
+    Example:
+      >>> import numpy as np
+      >>> mean_a, mean_b = np.array([0.05, 0.0, 0.02]), np.array([0.04, 0.01, 0.02])
+      >>> bounds = grad_l1_bounds(mean_a, mean_b, 5000, 5000, sigma=0.25, alpha=0.001)
+      >>> print(f"{float(bounds.lower):.4f} {float(bounds.upper):.4f}")
+      0.8900 1.3500
     """
     _check_method(method)
     _, dim = _validate(mean_a, mean_b, num_a, num_b, sigma, alpha, subspace_dim)
@@ -409,26 +498,81 @@ def _l1_core(mean_a, mean_b, num_a, num_b, sigma, alpha, *, proven, dim):
     return _finish(norm - t - slack, norm + t + slack, s, bad)
 
 
-def grad_linf_upper(mean_a, mean_b, num_a, num_b, sigma, alpha, *, method="bernstein", subspace_dim=None):
-    """Upper confidence bound (``>= 1 - alpha``) on ``||grad g||_inf``: :func:`grad_linf_bounds` ``.upper``."""
+@keyword_only_shim("sigma", "alpha")
+def grad_linf_upper(
+    mean_a: ArrayLike,
+    mean_b: ArrayLike,
+    num_a: ArrayLike,
+    num_b: ArrayLike,
+    *,
+    sigma: ArrayLike,
+    alpha: ArrayLike,
+    method: str = "bernstein",
+    subspace_dim: int | None = None,
+) -> jax.Array:
+    """Upper confidence bound (``>= 1 - alpha``) on ``||grad g||_inf``: :func:`grad_linf_bounds` ``.upper``.
+
+    Example:
+      >>> import numpy as np
+      >>> mean_a, mean_b = np.array([0.05, 0.0, 0.02]), np.array([0.04, 0.01, 0.02])
+      >>> print(f"{float(grad_linf_upper(mean_a, mean_b, 5000, 5000, sigma=0.25, alpha=0.001)):.4f}")
+      0.8506
+    """
     return grad_linf_bounds(
-        mean_a, mean_b, num_a, num_b, sigma, alpha, method=method, subspace_dim=subspace_dim
+        mean_a, mean_b, num_a, num_b, sigma=sigma, alpha=alpha, method=method, subspace_dim=subspace_dim
     ).upper
 
 
-def grad_l1_upper(mean_a, mean_b, num_a, num_b, sigma, alpha, *, method="bernstein", subspace_dim=None):
-    """Upper confidence bound (``>= 1 - alpha``) on ``||grad g||_1``: :func:`grad_l1_bounds` ``.upper``."""
+@keyword_only_shim("sigma", "alpha")
+def grad_l1_upper(
+    mean_a: ArrayLike,
+    mean_b: ArrayLike,
+    num_a: ArrayLike,
+    num_b: ArrayLike,
+    *,
+    sigma: ArrayLike,
+    alpha: ArrayLike,
+    method: str = "bernstein",
+    subspace_dim: int | None = None,
+) -> jax.Array:
+    """Upper confidence bound (``>= 1 - alpha``) on ``||grad g||_1``: :func:`grad_l1_bounds` ``.upper``.
+
+    Example:
+      >>> import numpy as np
+      >>> mean_a, mean_b = np.array([0.05, 0.0, 0.02]), np.array([0.04, 0.01, 0.02])
+      >>> print(f"{float(grad_l1_upper(mean_a, mean_b, 5000, 5000, sigma=0.25, alpha=0.001)):.4f}")
+      1.3500
+    """
     return grad_l1_bounds(
-        mean_a, mean_b, num_a, num_b, sigma, alpha, method=method, subspace_dim=subspace_dim
+        mean_a, mean_b, num_a, num_b, sigma=sigma, alpha=alpha, method=method, subspace_dim=subspace_dim
     ).upper
 
 
-def grad_dual_norm_upper(mean_a, mean_b, num_a, num_b, sigma, alpha, p, *, method="bernstein", subspace_dim=None):
+@keyword_only_shim("sigma", "alpha", "p")
+def grad_dual_norm_upper(
+    mean_a: ArrayLike,
+    mean_b: ArrayLike,
+    num_a: ArrayLike,
+    num_b: ArrayLike,
+    *,
+    sigma: ArrayLike,
+    alpha: ArrayLike,
+    p: int | float | str,
+    method: str = "bernstein",
+    subspace_dim: int | None = None,
+) -> jax.Array:
     """Upper bound (``>= 1 - alpha``) on ``||P_S grad g||_{p'}``, ``1/p + 1/p' = 1`` (Corollary 3.4).
 
     ``p`` is the threat-model norm (static: 1, 2 or ``inf``): ``p = 1`` bounds the linf norm,
     ``p = 2`` the l2 norm, ``p = inf`` the l1 norm of the gradient. Pass projected means and
     ``subspace_dim`` for a subspace (full-space means for Corollaries 3.2/3.3). 1/input units.
+
+    Example:
+      >>> import numpy as np
+      >>> mean_a, mean_b = np.array([0.05, 0.0, 0.02]), np.array([0.04, 0.01, 0.02])
+      >>> up = grad_dual_norm_upper(mean_a, mean_b, 5000, 5000, sigma=0.25, alpha=0.001, p=2)
+      >>> print(f"{float(up):.4f}")  # p = 2: the l2 upper bound
+      0.9415
     """
     if p == 1:
         fn = grad_linf_bounds
@@ -438,7 +582,8 @@ def grad_dual_norm_upper(mean_a, mean_b, num_a, num_b, sigma, alpha, p, *, metho
         fn = grad_l1_bounds
     else:
         raise ValueError(f"p must be 1, 2 or inf, got {p!r}.")
-    return fn(mean_a, mean_b, num_a, num_b, sigma, alpha, method=method, subspace_dim=subspace_dim).upper
+    bounds = fn(mean_a, mean_b, num_a, num_b, sigma=sigma, alpha=alpha, method=method, subspace_dim=subspace_dim)
+    return bounds.upper
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,7 +591,16 @@ def grad_dual_norm_upper(mean_a, mean_b, num_a, num_b, sigma, alpha, p, *, metho
 # ----------------------------------------------------------------------------------------------
 
 
-def sos_grad_norm_upper(grad_norm_sq_estimate, num_pairs, dim, sigma, alpha, p_lower):
+@keyword_only_shim("dim", "sigma", "alpha", "p_lower")
+def sos_grad_norm_upper(
+    grad_norm_sq_estimate: ArrayLike,
+    num_pairs: ArrayLike,
+    *,
+    dim: ArrayLike,
+    sigma: ArrayLike,
+    alpha: ArrayLike,
+    p_lower: ArrayLike,
+) -> jax.Array:
     """Upper confidence bound on ``||grad g(x)||_2`` (second paper Theorem 2, Appendix A.3).
 
     The estimator: ``V_hat = mean over n pairs of (e . e') f(x + e) f(x + e')`` with
@@ -481,6 +635,11 @@ def sos_grad_norm_upper(grad_norm_sq_estimate, num_pairs, dim, sigma, alpha, p_l
 
     Returns:
       bound in 1/input units (broadcast shape). NaN under ``jit`` for invalid inputs.
+
+    Example:
+      >>> bound = sos_grad_norm_upper(0.3, 50_000, dim=49, sigma=0.25, alpha=0.0005, p_lower=0.9)
+      >>> print(f"{float(bound):.4f}")
+      0.7020
     """
     check_finite("grad_norm_sq_estimate", grad_norm_sq_estimate)
     check_at_least_one("num_pairs", num_pairs)
@@ -494,6 +653,7 @@ def sos_grad_norm_upper(grad_norm_sq_estimate, num_pairs, dim, sigma, alpha, p_l
 
 @jax.jit
 def _sos_grad_norm_upper(est, n, d, sigma, alpha, p):
+    est, n, d, sigma, alpha, p = jnp.broadcast_arrays(est, n, d, sigma, alpha, p)
     invalid = (
         ~jnp.isfinite(est)
         | ~(n >= 1.0)

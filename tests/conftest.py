@@ -1,15 +1,69 @@
-"""Shared test configuration: x64 on (via importing smoothjax), fixed keys, paths to shared data."""
+"""Shared test configuration: x64 on, strict dtype and rank promotion, paths to shared data.
 
+Every test runs with ``jax_enable_x64`` on (set here, before any test traces: the certificate
+math is tested in float64; float32 behaviour is tested in subprocesses). Tests also run under
+``jax.numpy_dtype_promotion("strict")`` and ``jax.numpy_rank_promotion("raise")``, so an implicit
+float32 -> float64 promotion or an implicit rank broadcast in the code under test is an error,
+except in the test modules listed in :data:`_NOT_YET_STRICT` (their code under test still relies
+on implicit promotion). Set ``SMOOTHJAX_STRICT_PROMOTION=0`` to run everything with JAX's default
+promotion, or ``SMOOTHJAX_STRICT_PROMOTION=all`` to run every module strictly (allow-list ignored).
+"""
+
+import contextlib
 import os
 import pathlib
 
+import jax
 import pytest
 
-import smoothjax  # noqa: F401  (turns on x64 before any test traces)
+jax.config.update("jax_enable_x64", True)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("SMOOTHJAX_SHARED", ROOT.parent / "shared"))
 PEER_DATA = SHARED / "peer-data" / "levine"
+
+# Test modules whose code under test does not yet pass strict dtype / rank promotion.
+_NOT_YET_STRICT = frozenset(
+    {
+        "test_benchmarks",
+        "test_cli",
+        "test_coverage",
+        "test_datasets",
+        "test_deprecation",
+        "test_first_order",
+        "test_notebooks",
+        "test_objectives",
+        "test_pipeline",
+        "test_precision",
+        "test_quadrature",
+        "test_radius_gradients",
+        "test_sampling",
+        "test_sharding",
+        "test_theorem3",
+        "test_theorem3_reference",
+        "test_training",
+    }
+)
+_STRICT = os.environ.get("SMOOTHJAX_STRICT_PROMOTION", "1")
+
+
+def _strict(item: pytest.Item) -> bool:
+    if _STRICT == "0":
+        return False
+    module = getattr(item, "module", None)
+    if module is None:  # doctests and other non-Python items
+        return False
+    return _STRICT == "all" or module.__name__.rsplit(".", 1)[-1] not in _NOT_YET_STRICT
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Run the test body under strict dtype and rank promotion (see the module docstring)."""
+    with contextlib.ExitStack() as stack:
+        if _strict(item):
+            stack.enter_context(jax.numpy_dtype_promotion("strict"))
+            stack.enter_context(jax.numpy_rank_promotion("raise"))
+        return (yield)
 
 
 @pytest.fixture

@@ -74,7 +74,8 @@ def _mass(intervals, s0, tau):
         hi = (b - s0) / tau
         lo = (a - s0) / tau
         # difference of CDFs, computed on the side that keeps precision
-        total = total + np.where(lo >= 0, stats.norm.sf(lo) - stats.norm.sf(hi), stats.norm.cdf(hi) - stats.norm.cdf(lo))
+        total = total + np.where(lo >= 0, stats.norm.sf(lo) - stats.norm.sf(hi),
+                                 stats.norm.cdf(hi) - stats.norm.cdf(lo))
     return float(total) if total.ndim == 0 else total
 
 
@@ -85,7 +86,7 @@ class IntervalUnion:
         self.w = np.asarray(w, np.float32).astype(np.float64)  # the exact weights the model uses
         self.intervals = [(float(a), float(b)) for a, b in sorted(intervals)]
         assert len(self.intervals) <= MAX_INTERVALS
-        for (a1, b1), (a2, b2) in zip(self.intervals, self.intervals[1:]):
+        for (_, b1), (a2, _) in zip(self.intervals, self.intervals[1:]):
             assert b1 < a2, "intervals must be disjoint"
         self.name = name
 

@@ -16,13 +16,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from coverage_helpers import IntervalUnion, fixed_weights, interval_union_apply
 from scipy import stats
 
 import smoothjax as sj
 from smoothjax import pipeline, sampling
-from coverage_helpers import IntervalUnion, fixed_weights, interval_union_apply
 
 NAN, INF = float("nan"), float("inf")
+
+
+# Positional front ends (every argument traced under jax.jit) of functions with keyword-only arguments.
+def _sos_grad_norm_upper(est, num_pairs, dim, sigma, alpha, p_lower):
+    return sj.sos_grad_norm_upper(est, num_pairs, dim=dim, sigma=sigma, alpha=alpha, p_lower=p_lower)
+
+
+def _l1_radius(p_lower, l2_lower, linf_upper, sigma):
+    return sj.l1_radius(p_lower, l2_lower, linf_upper, sigma=sigma)
+
+
+def _linf_radius(p_lower, l2_lower, l1_upper, dim, sigma):
+    return sj.linf_radius(p_lower, l2_lower, l1_upper, dim=dim, sigma=sigma)
+
+
+def _subspace_radius(p_lower, l2_lower, dual_upper, sigma):
+    return sj.subspace_radius(p_lower, l2_lower, dual_upper, sigma=sigma)
+
+
+def _positional(bounds):
+    def fn(mean_a, mean_b, num_a, num_b, sigma, alpha):
+        return bounds(mean_a, mean_b, num_a, num_b, sigma=sigma, alpha=alpha)
+
+    return fn
+
+
+_grad_l2_bounds = _positional(sj.grad_l2_bounds)
+_grad_l1_bounds = _positional(sj.grad_l1_bounds)
+_grad_linf_bounds = _positional(sj.grad_linf_bounds)
 
 # (id, function, args): the function is called with the args as given (concrete -> ValueError) and
 # under jax.jit with every arg traced (-> every output entry NaN).
@@ -58,37 +87,37 @@ MATH_TABLE = [
     ("cp k non-integer", sj.clopper_pearson_lower, (2.5, 10, 0.01)),
     ("cp upper alpha=0", sj.clopper_pearson_upper, (5, 10, 0.0)),
     ("cp upper k>n", sj.clopper_pearson_upper, (11, 10, 0.01)),
-    ("sos_grad est=nan", sj.sos_grad_norm_upper, (NAN, 100, 8, 1.0, 0.01, 0.9)),
-    ("sos_grad est=inf", sj.sos_grad_norm_upper, (INF, 100, 8, 1.0, 0.01, 0.9)),
-    ("sos_grad alpha=0", sj.sos_grad_norm_upper, (0.1, 100, 8, 1.0, 0.0, 0.9)),
-    ("sos_grad alpha=1", sj.sos_grad_norm_upper, (0.1, 100, 8, 1.0, 1.0, 0.9)),
-    ("sos_grad sigma=0", sj.sos_grad_norm_upper, (0.1, 100, 8, 0.0, 0.01, 0.9)),
-    ("sos_grad pairs=0", sj.sos_grad_norm_upper, (0.1, 0, 8, 1.0, 0.01, 0.9)),
-    ("sos_grad p>1", sj.sos_grad_norm_upper, (0.1, 100, 8, 1.0, 0.01, 1.5)),
-    ("l1 p=nan", sj.l1_radius, (NAN, 0.1, 0.1, 1.0)),
-    ("l1 p>1", sj.l1_radius, (1.5, 0.1, 0.1, 1.0)),
-    ("l1 l2_lower=nan", sj.l1_radius, (0.9, NAN, 0.1, 1.0)),
-    ("l1 linf_upper=inf", sj.l1_radius, (0.9, 0.1, INF, 1.0)),
-    ("l1 linf_upper<0", sj.l1_radius, (0.9, 0.1, -0.1, 1.0)),
-    ("l1 sigma=0", sj.l1_radius, (0.9, 0.1, 0.1, 0.0)),
-    ("l1 contradictory (sigma*l2 > phi(Phi^-1(p)))", sj.l1_radius, (0.9, 0.5, 0.1, 1.0)),
-    ("linf l1_upper < l2_lower", sj.linf_radius, (0.9, 0.1, 0.05, 8, 1.0)),
-    ("linf sigma=nan", sj.linf_radius, (0.9, 0.1, 0.2, 8, NAN)),
-    ("subspace p=nan", sj.subspace_radius, (NAN, 0.1, 0.1, 1.0)),
+    ("sos_grad est=nan", _sos_grad_norm_upper, (NAN, 100, 8, 1.0, 0.01, 0.9)),
+    ("sos_grad est=inf", _sos_grad_norm_upper, (INF, 100, 8, 1.0, 0.01, 0.9)),
+    ("sos_grad alpha=0", _sos_grad_norm_upper, (0.1, 100, 8, 1.0, 0.0, 0.9)),
+    ("sos_grad alpha=1", _sos_grad_norm_upper, (0.1, 100, 8, 1.0, 1.0, 0.9)),
+    ("sos_grad sigma=0", _sos_grad_norm_upper, (0.1, 100, 8, 0.0, 0.01, 0.9)),
+    ("sos_grad pairs=0", _sos_grad_norm_upper, (0.1, 0, 8, 1.0, 0.01, 0.9)),
+    ("sos_grad p>1", _sos_grad_norm_upper, (0.1, 100, 8, 1.0, 0.01, 1.5)),
+    ("l1 p=nan", _l1_radius, (NAN, 0.1, 0.1, 1.0)),
+    ("l1 p>1", _l1_radius, (1.5, 0.1, 0.1, 1.0)),
+    ("l1 l2_lower=nan", _l1_radius, (0.9, NAN, 0.1, 1.0)),
+    ("l1 linf_upper=inf", _l1_radius, (0.9, 0.1, INF, 1.0)),
+    ("l1 linf_upper<0", _l1_radius, (0.9, 0.1, -0.1, 1.0)),
+    ("l1 sigma=0", _l1_radius, (0.9, 0.1, 0.1, 0.0)),
+    ("l1 contradictory (sigma*l2 > phi(Phi^-1(p)))", _l1_radius, (0.9, 0.5, 0.1, 1.0)),
+    ("linf l1_upper < l2_lower", _linf_radius, (0.9, 0.1, 0.05, 8, 1.0)),
+    ("linf sigma=nan", _linf_radius, (0.9, 0.1, 0.2, 8, NAN)),
+    ("subspace p=nan", _subspace_radius, (NAN, 0.1, 0.1, 1.0)),
 ]
 
 _MEANS = np.full((3, 8), 0.01)
 _MEANS_NAN = _MEANS.copy()
 _MEANS_NAN[1, 2] = np.nan
 GRAD_TABLE = [
-    ("l2 means=nan", sj.grad_l2_bounds, (_MEANS_NAN, _MEANS, 100, 100, 1.0, 0.01)),
-    ("l2 means=inf", sj.grad_l2_bounds, (_MEANS * np.inf, _MEANS, 100, 100, 1.0, 0.01)),
-    ("l2 alpha=1", sj.grad_l2_bounds, (_MEANS, _MEANS, 100, 100, 1.0, 1.0)),
-    ("l2 alpha=0", sj.grad_l2_bounds, (_MEANS, _MEANS, 100, 100, 1.0, 0.0)),
-    ("l2 sigma<0", sj.grad_l2_bounds, (_MEANS, _MEANS, 100, 100, -1.0, 0.01)),
-    ("l2 num_a=0", sj.grad_l2_bounds, (_MEANS, _MEANS, 0, 100, 1.0, 0.01)),
-    ("linf sigma=nan", sj.grad_linf_bounds, (_MEANS, _MEANS, 100, 100, NAN, 0.01)),
-    ("l1 alpha>1", sj.grad_l1_bounds, (_MEANS, _MEANS, 100, 100, 1.0, 2.0)),
+    ("l2 means=nan", _grad_l2_bounds, (_MEANS_NAN, _MEANS, 100, 100, 1.0, 0.01)),
+    ("l2 means=inf", _grad_l2_bounds, (_MEANS * np.inf, _MEANS, 100, 100, 1.0, 0.01)),
+    ("l2 alpha=1", _grad_l2_bounds, (_MEANS, _MEANS, 100, 100, 1.0, 1.0)),
+    ("l2 alpha=0", _grad_l2_bounds, (_MEANS, _MEANS, 100, 100, 1.0, 0.0)),
+    ("l2 sigma<0", _grad_l2_bounds, (_MEANS, _MEANS, 100, 100, -1.0, 0.01)),
+    ("l2 num_a=0", _grad_l2_bounds, (_MEANS, _MEANS, 0, 100, 1.0, 0.01)),
+    ("linf sigma=nan", _grad_linf_bounds, (_MEANS, _MEANS, 100, 100, NAN, 0.01)),
+    ("l1 alpha>1", _grad_l1_bounds, (_MEANS, _MEANS, 100, 100, 1.0, 2.0)),
 ]
 
 
@@ -273,18 +302,14 @@ def test_binomial_pvalue_above_2_31():
     assert got == pytest.approx(ref, rel=1e-6)
 
 
-def test_sampler_counts_are_64_bit_for_n_above_2_31():
-    """n = 2^31 + 2 is accepted with x64 on, and every count is int64 (shapes traced, nothing sampled)."""
-    n = 2**31 + 2
-    out = jax.eval_shape(
-        lambda xs: sj.sample_statistics(interval_union_apply, CLF.params, xs, jax.random.key(0), sigma=0.5,
-                                        num_samples=n, batch_size=64, target_class=jnp.zeros(2, jnp.int32),
-                                        dot_product=True, dipole=True),
-        jnp.asarray(XS),
-    )
-    for field in ("counts", "nonfinite", "dipole_both", "dipole_plus_only"):
-        assert getattr(out, field).dtype == jnp.int64, field
-    assert sampling.count_dtype() == jnp.int64
+def test_sampler_refuses_n_of_2_31_and_more_with_x64_on():
+    """Counts are int32 on the device whatever the x64 setting: n >= 2^31 is refused before sampling."""
+    assert jax.config.jax_enable_x64
+    with pytest.raises(ValueError, match="exceeds"):
+        sj.sample_statistics(interval_union_apply, CLF.params, np.asarray(XS), jax.random.key(0), sigma=0.5,
+                             num_samples=2**31 + 2, batch_size=64, target_class=np.zeros(2, np.int32),
+                             dot_product=True, dipole=True)
+    assert sampling.count_dtype() == jnp.int32
 
 
 def test_sampler_refuses_n_above_2_31_without_x64():

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import padded_call
 from scipy import optimize, special, stats
 from statsmodels.stats.proportion import proportion_confint
 
@@ -21,11 +22,7 @@ JITTED = {f: jax.jit(f) for f in (clopper_pearson_lower, clopper_pearson_upper, 
 
 
 def _padded(fn, *args):
-    args = np.broadcast_arrays(*[np.asarray(a, dtype=np.float64) for a in args])
-    shape, flat = args[0].shape, [a.ravel() for a in args]
-    assert flat[0].size <= _PAD
-    padded = [np.concatenate([a, np.full(_PAD - a.size, a[0])]) for a in flat]
-    return np.asarray(fn(*padded))[: flat[0].size].reshape(shape)
+    return padded_call(fn, *args, length=_PAD)
 
 
 def lower(k, n, alpha):
@@ -63,8 +60,8 @@ def _beta_quantile(alpha, a, b):
     for i in np.flatnonzero(bad):
         ai, bi, al = np.broadcast_to(a, x.shape)[i], np.broadcast_to(b, x.shape)[i], np.broadcast_to(alpha, x.shape)[i]
         with np.errstate(divide="ignore"):
-            x[i] = optimize.brentq(lambda y: np.log(special.betainc(ai, bi, y)) - np.log(al), 1e-300, 1 - 1e-16,
-                                   xtol=1e-300, rtol=1e-15, maxiter=500)
+            x[i] = optimize.brentq(lambda y, ai=ai, bi=bi, al=al: np.log(special.betainc(ai, bi, y)) - np.log(al),
+                                   1e-300, 1 - 1e-16, xtol=1e-300, rtol=1e-15, maxiter=500)
     return x
 
 

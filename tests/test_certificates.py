@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import mpmath
 import numpy as np
 import pytest
+from helpers import central_difference, count_compilations, padded_call
 from scipy import optimize, stats
 
 import smoothjax
@@ -19,12 +20,7 @@ _PAD = 2048
 
 
 def _padded(fn, *args):
-    args = np.broadcast_arrays(*[np.asarray(a, dtype=np.float64) for a in args])
-    shape = args[0].shape
-    flat = [a.ravel() for a in args]
-    assert flat[0].size <= _PAD
-    padded = [np.concatenate([a, np.full(_PAD - a.size, a[0] if a.size else 0.75)]) for a in flat]
-    return np.asarray(fn(*padded))[: flat[0].size].reshape(shape)
+    return padded_call(fn, *args, length=_PAD, fill=0.75)
 
 
 def sos(p, g, s=SIGMA):
@@ -176,7 +172,7 @@ def test_sos_grad_norm_upper_formula_both_regimes():
         else:
             t = 4 * np.sqrt(2) * SIGMA**2 * log_inv / n
         expected = min(np.sqrt(max(est + t / SIGMA**4, 0.0)), cap)
-        ours = float(sos_grad_norm_upper(est, n, d, SIGMA, eta, p))
+        ours = float(sos_grad_norm_upper(est, n, dim=d, sigma=SIGMA, alpha=eta, p_lower=p))
         assert ours == pytest.approx(expected, rel=1e-13, abs=1e-300)
 
 
@@ -249,16 +245,12 @@ def test_zero_below_half_and_finite_near_one():
 # ---------------------------------------------------------------------------------------------
 
 
-def _central(f, x, h):
-    return (f(x + h) - f(x - h)) / (2 * h)
-
-
 @pytest.mark.parametrize("p,grad", [(0.9, 0.3), (0.6, 0.05), (0.99, 0.0), (0.8, 1.0), (0.7, 0.2)])
 def test_sos_gradients_match_finite_differences(p, grad):
     gp, gg, gs = SOS_GRAD(p, grad, SIGMA)
-    fd_p = _central(lambda x: ref_sos(x, grad, SIGMA), p, 1e-6)
-    fd_g = _central(lambda x: ref_sos(p, x, SIGMA), grad, 1e-5) if grad > 0 else None
-    fd_s = _central(lambda x: ref_sos(p, grad, x), SIGMA, 1e-6)
+    fd_p = central_difference(lambda x: ref_sos(x, grad, SIGMA), p, 1e-6)
+    fd_g = central_difference(lambda x: ref_sos(p, x, SIGMA), grad, 1e-5) if grad > 0 else None
+    fd_s = central_difference(lambda x: ref_sos(p, grad, x), SIGMA, 1e-6)
     assert float(gp) == pytest.approx(fd_p, rel=1e-5)
     if fd_g is not None:
         assert float(gg) == pytest.approx(fd_g, rel=1e-5, abs=1e-9)
@@ -268,9 +260,9 @@ def test_sos_gradients_match_finite_differences(p, grad):
 @pytest.mark.parametrize("cs,cn", [(0.5, 0.3), (0.89476, 0.0472581), (0.2, 0.5), (0.0, 0.8)])
 def test_dipole_gradients_match_finite_differences(cs, cn):
     gcs, gcn, gs = DIPOLE_GRAD(cs, cn, SIGMA)
-    fd_cs = _central(lambda x: ref_dipole(x, cn, SIGMA), max(cs, 1e-5), 1e-6) if cs > 0 else None
-    fd_cn = _central(lambda x: ref_dipole(cs, x, SIGMA), cn, 1e-6)
-    fd_s = _central(lambda x: ref_dipole(cs, cn, x), SIGMA, 1e-6)
+    fd_cs = central_difference(lambda x: ref_dipole(x, cn, SIGMA), max(cs, 1e-5), 1e-6) if cs > 0 else None
+    fd_cn = central_difference(lambda x: ref_dipole(cs, x, SIGMA), cn, 1e-6)
+    fd_s = central_difference(lambda x: ref_dipole(cs, cn, x), SIGMA, 1e-6)
     if fd_cs is not None:
         assert float(gcs) == pytest.approx(fd_cs, rel=1e-5)
     assert float(gcn) == pytest.approx(fd_cn, rel=1e-5)
@@ -319,24 +311,20 @@ def test_jit_and_vmap_agree_with_eager():
     vmapped = jax.jit(jax.vmap(dipole_radius, (0, 0, None)))(cs[:8], cn[:8], SIGMA)
     np.testing.assert_allclose(np.asarray(vmapped), eager[:8], rtol=1e-15)
     np.testing.assert_allclose(np.asarray(JITTED[cohen_radius](p, SIGMA)), cohen(p), rtol=1e-15)
-    args = (jnp.array([0.3, -0.1]), 500_000, 49, SIGMA, 0.0005, jnp.array([0.9, 0.8]))
+    args = (jnp.array([0.3, -0.1]), 500_000)
+    kw = dict(dim=49, sigma=SIGMA, alpha=0.0005, p_lower=jnp.array([0.9, 0.8]))
     np.testing.assert_allclose(
-        np.asarray(JITTED[sos_grad_norm_upper](*args)), np.asarray(sos_grad_norm_upper(*args)), rtol=1e-15
+        np.asarray(JITTED[sos_grad_norm_upper](*args, **kw)), np.asarray(sos_grad_norm_upper(*args, **kw)),
+        rtol=1e-15,
     )
 
 
 def test_no_recompilation_on_repeated_calls():
     sos(0.9, 0.1)  # warm
-    before = _sos_cache_size()
-    sos(0.8, 0.2)
-    sos(np.full(10, 0.7), 0.3)
-    assert _sos_cache_size() == before
-
-
-def _sos_cache_size():
-    from smoothjax import certificates
-
-    return certificates._sos_radius._cache_size()
+    with count_compilations() as compiled:
+        sos(0.8, 0.2)
+        sos(np.full(10, 0.7), 0.3)
+    assert compiled == []
 
 
 def test_broadcasting_over_leading_axes():
@@ -376,13 +364,23 @@ BAD_CALLS = [
     (sos_grad_norm_upper, (float("nan"), 100, 49, SIGMA, 0.001, 0.9)),
     (sos_grad_norm_upper, (0.1, 100, 49, SIGMA, 0.001, 1.5)),
 ]
+_KEYWORD_ONLY = {sos_grad_norm_upper: ("dim", "sigma", "alpha", "p_lower")}
 
 
 @pytest.mark.parametrize("fn,args", BAD_CALLS, ids=[f"{f.__name__}{a}" for f, a in BAD_CALLS])
 def test_bad_input_raises_outside_jit_and_is_nan_inside(fn, args):
+    names = _KEYWORD_ONLY.get(fn, ())
+    split = len(args) - len(names)
+    args, kwargs = args[:split], dict(zip(names, args[split:]))
     with pytest.raises(ValueError):
-        fn(*args)
-    assert np.isnan(float(JITTED[fn](*args)))
+        fn(*args, **kwargs)
+    assert np.isnan(float(JITTED[fn](*args, **kwargs)))
+
+
+def test_sos_grad_norm_upper_positional_call_warns_and_agrees():
+    with pytest.warns(DeprecationWarning, match="dim, sigma, alpha, p_lower"):
+        old = sos_grad_norm_upper(0.3, 500, 49, SIGMA, 0.0005, 0.9)
+    assert float(old) == float(sos_grad_norm_upper(0.3, 500, dim=49, sigma=SIGMA, alpha=0.0005, p_lower=0.9))
 
 
 def test_exported_from_package():

@@ -33,16 +33,16 @@ import math
 import jax
 import numpy as np
 import pytest
-from scipy import stats
-
-import smoothjax as sj
-from smoothjax import pipeline
 from coverage_helpers import (
     binomial_pvalue_at_most,
     coverage_classifiers,
     interval_union_apply,
     point_with_s,
 )
+from scipy import stats
+
+import smoothjax as sj
+from smoothjax import pipeline
 
 LEVEL = 1e-3  # level of every one-sided binomial test below
 SIGMA = 0.5
@@ -93,8 +93,8 @@ def _coverage(clf, s0, *, trials, alpha, seed, n=N, methods=None):
                alpha / 2)
     if "dipole_l2" in res.radii:
         record("bound dipole cs_lower @alpha/2", np.asarray(res.p_lower["dipole_l2"]) > T("dipole_both"), alpha / 2)
-        record("bound dipole cn_lower @alpha/2", np.asarray(res.bounds["dipole_plus_only_lower"]) > T("dipole_plus_only"),
-               alpha / 2)
+        record("bound dipole cn_lower @alpha/2",
+               np.asarray(res.bounds["dipole_plus_only_lower"]) > T("dipole_plus_only"), alpha / 2)
     if "grad_l2_lower" in res.bounds:
         record("bound grad_l2_lower @alpha/4 [first-order]", np.asarray(res.bounds["grad_l2_lower"]) > T("grad_l2"),
                alpha / 4)
@@ -106,10 +106,10 @@ def _coverage(clf, s0, *, trials, alpha, seed, n=N, methods=None):
     # --- Table 1 bounds called directly at alpha on the pipeline's split-half statistics --------
     st = res.statistics
     if st.z_sum_a is not None:
-        args = (st.z_mean_a, st.z_mean_b, st.num_a, st.num_b, SIGMA, alpha)
-        l2 = sj.grad_l2_bounds(*args)
-        linf = sj.grad_linf_bounds(*args)
-        l1 = sj.grad_l1_bounds(*args)
+        args = (st.z_mean_a, st.z_mean_b, st.num_a, st.num_b)
+        l2 = sj.grad_l2_bounds(*args, sigma=SIGMA, alpha=alpha)
+        linf = sj.grad_linf_bounds(*args, sigma=SIGMA, alpha=alpha)
+        l1 = sj.grad_l1_bounds(*args, sigma=SIGMA, alpha=alpha)
         record("bound table1 l2 lower @alpha", np.asarray(l2.lower) > T("grad_l2"), alpha)
         record("bound table1 l2 upper @alpha", np.asarray(l2.upper) < T("grad_l2"), alpha)
         # linf / l1: lower and upper hold jointly at 1 - alpha
@@ -189,7 +189,7 @@ CP_CASES = [(n, p, a) for n in (10, 100, 1000) for p in (0.03, 0.5, 0.77, 0.999)
 def _exact_cp_failures(cases):
     """[(n, p, alpha, P[lower > p], P[upper < p])] for every case, with ONE call per bound (one compile)."""
     ks, ns, als = [], [], []
-    for n, p, alpha in cases:
+    for n, _, alpha in cases:
         ks.append(np.arange(n + 1))
         ns.append(np.full(n + 1, n))
         als.append(np.full(n + 1, alpha))
@@ -212,7 +212,8 @@ def test_clopper_pearson_exact_coverage():
         worst = max(worst, f_lo / alpha, f_up / alpha)
         assert f_lo <= alpha * (1 + 1e-9), (n, p, alpha, f_lo)
         assert f_up <= alpha * (1 + 1e-9), (n, p, alpha, f_up)
-    print(f"\n[coverage] Clopper-Pearson exact: worst failure probability / alpha = {worst:.4f} over {len(CP_CASES)} cases")
+    print(f"\n[coverage] Clopper-Pearson exact: worst failure probability / alpha = {worst:.4f} "
+          f"over {len(CP_CASES)} cases")
     assert worst > 0.5  # the bounds are not uselessly loose
 
 
@@ -287,7 +288,7 @@ def test_interval_union_closed_forms_match_sampling():
         e = rng.standard_normal((m, DIM)) * SIGMA
         s_plus = (x0 + e) @ clf.w
         s_minus = (x0 - e) @ clf.w
-        inside = lambda s: np.any([(s >= a) & (s <= b) for a, b in clf.intervals], axis=0)  # noqa: E731
+        inside = lambda s, clf=clf: np.any([(s >= a) & (s <= b) for a, b in clf.intervals], axis=0)
         f_plus, f_minus = inside(s_plus), inside(s_minus)
         c = clf.top_class(x0, SIGMA)
         hit = f_plus if c == 1 else ~f_plus
@@ -338,26 +339,26 @@ def _first_order_coverage(clf, s0, *, trials, alpha, seed, n=N, radii=True):
     def record(name, failed, rate):
         out[name] = (int(np.sum(failed)), trials, rate)
 
-    l2 = sj.grad_l2_bounds(ma, mb, na, nb, SIGMA, alpha)
-    linf = sj.grad_linf_bounds(ma, mb, na, nb, SIGMA, alpha)
-    l1 = sj.grad_l1_bounds(ma, mb, na, nb, SIGMA, alpha)
+    l2 = sj.grad_l2_bounds(ma, mb, na, nb, sigma=SIGMA, alpha=alpha)
+    linf = sj.grad_linf_bounds(ma, mb, na, nb, sigma=SIGMA, alpha=alpha)
+    l1 = sj.grad_l1_bounds(ma, mb, na, nb, sigma=SIGMA, alpha=alpha)
     record("bound table1 l2 lower @alpha", np.asarray(l2.lower) > tr["grad_l2"], alpha)
     record("bound table1 l2 upper @alpha", np.asarray(l2.upper) < tr["grad_l2"], alpha)
     record("bound table1 linf pair @alpha",
            (np.asarray(linf.lower) > tr["grad_linf"]) | (np.asarray(linf.upper) < tr["grad_linf"]), alpha)
     record("bound table1 l1 pair @alpha",
            (np.asarray(l1.lower) > tr["grad_l1"]) | (np.asarray(l1.upper) < tr["grad_l1"]), alpha)
-    ch = sj.grad_l2_bounds(ma, mb, na, nb, SIGMA, alpha, method="chernoff")
+    ch = sj.grad_l2_bounds(ma, mb, na, nb, sigma=SIGMA, alpha=alpha, method="chernoff")
     record("bound table1 l2 lower (chernoff) @alpha", np.asarray(ch.lower) > tr["grad_l2"], alpha)
     record("bound table1 l2 upper (chernoff) @alpha", np.asarray(ch.upper) < tr["grad_l2"], alpha)
     if radii:
         # the pipeline's split: p at alpha/2, each gradient bound at alpha/4
         p_lo = sj.clopper_pearson_lower(k, n, alpha / 2)
-        l2_lo = sj.grad_l2_bounds(ma, mb, na, nb, SIGMA, alpha / 4).lower
-        linf_up = sj.grad_linf_upper(ma, mb, na, nb, SIGMA, alpha / 4)
-        l1_up = sj.grad_l1_upper(ma, mb, na, nb, SIGMA, alpha / 4)
-        r1 = np.asarray(sj.l1_radius(p_lo, l2_lo, linf_up, SIGMA))
-        rinf = np.asarray(sj.linf_radius(p_lo, l2_lo, l1_up, DIM, SIGMA))
+        l2_lo = sj.grad_l2_bounds(ma, mb, na, nb, sigma=SIGMA, alpha=alpha / 4).lower
+        linf_up = sj.grad_linf_upper(ma, mb, na, nb, sigma=SIGMA, alpha=alpha / 4)
+        l1_up = sj.grad_l1_upper(ma, mb, na, nb, sigma=SIGMA, alpha=alpha / 4)
+        r1 = np.asarray(sj.l1_radius(p_lo, l2_lo, linf_up, sigma=SIGMA))
+        rinf = np.asarray(sj.linf_radius(p_lo, l2_lo, l1_up, dim=DIM, sigma=SIGMA))
         assert not np.any(np.isnan(r1)) and not np.any(np.isnan(rinf))
         record("radius first_order_l1 @alpha", r1 > tr["flip_l1"], alpha)
         record("radius first_order_linf @alpha", rinf > tr["flip_linf"], alpha)

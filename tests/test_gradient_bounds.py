@@ -16,10 +16,12 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import count_compilations
 from scipy import optimize, stats
 
 from smoothjax.gradient_bounds import (
@@ -123,7 +125,7 @@ def test_l2_closed_form(case, method):
     beta = bscale * rng.normal(size=d)
     x = beta + noise * rng.normal(size=d)
     y = beta + noise * rng.normal(size=d)
-    lo, up = grad_l2_bounds(x, y, na, nb, sigma, alpha, method=method)
+    lo, up = grad_l2_bounds(x, y, na, nb, sigma=sigma, alpha=alpha, method=method)
     rlo, rup = ref_l2(x, y, na, nb, sigma, alpha, method)
     tol = 1e-8 if method == "chernoff" else REL  # scipy's inner optimisation, not ours
     assert float(up) == pytest.approx(rup, rel=tol)
@@ -144,16 +146,16 @@ def test_l1_linf_closed_form(case, method):
     beta = bscale * rng.normal(size=d)
     x = beta + noise * rng.normal(size=d)
     y = beta + noise * rng.normal(size=d)
-    lo1, up1 = grad_l1_bounds(x, y, na, nb, sigma, alpha, method=method)
+    lo1, up1 = grad_l1_bounds(x, y, na, nb, sigma=sigma, alpha=alpha, method=method)
     rlo1, rup1 = ref_l1(x, y, na, nb, sigma, alpha, method)
     assert float(up1) == pytest.approx(rup1, rel=REL)
     assert float(lo1) == pytest.approx(rlo1, rel=REL, abs=1e-12)
-    assert float(grad_l1_upper(x, y, na, nb, sigma, alpha, method=method)) == float(up1)
-    loi, upi = grad_linf_bounds(x, y, na, nb, sigma, alpha, method=method)
+    assert float(grad_l1_upper(x, y, na, nb, sigma=sigma, alpha=alpha, method=method)) == float(up1)
+    loi, upi = grad_linf_bounds(x, y, na, nb, sigma=sigma, alpha=alpha, method=method)
     rloi, rupi = ref_linf(x, y, na, nb, sigma, alpha)
     assert float(upi) == pytest.approx(rupi, rel=REL)
     assert float(loi) == pytest.approx(rloi, rel=REL, abs=1e-12)
-    assert float(grad_linf_upper(x, y, na, nb, sigma, alpha, method=method)) == float(upi)
+    assert float(grad_linf_upper(x, y, na, nb, sigma=sigma, alpha=alpha, method=method)) == float(upi)
 
 
 def test_subspace_closed_form_and_dual_norms():
@@ -164,22 +166,23 @@ def test_subspace_closed_form_and_dual_norms():
     beta = 0.05 * rng.normal(size=d)
     x = (beta + 0.01 * rng.normal(size=d)) @ basis
     y = (beta + 0.01 * rng.normal(size=d)) @ basis
-    lo, up = grad_l2_bounds(x, y, na, nb, sigma, alpha, subspace_dim=ds)
+    lo, up = grad_l2_bounds(x, y, na, nb, sigma=sigma, alpha=alpha, subspace_dim=ds)
     assert (float(lo), float(up)) == pytest.approx(ref_l2(x, y, na, nb, sigma, alpha, "bernstein", ds), rel=REL)
     # the same coordinates embedded in 40 numbers (P_S X in the original basis) with subspace_dim=10
-    lo_e, up_e = grad_l2_bounds(basis @ x, basis @ y, na, nb, sigma, alpha, subspace_dim=ds)
+    lo_e, up_e = grad_l2_bounds(basis @ x, basis @ y, na, nb, sigma=sigma, alpha=alpha, subspace_dim=ds)
     assert float(lo_e) == pytest.approx(float(lo), rel=1e-9)
     assert float(up_e) == pytest.approx(float(up), rel=1e-9)
     # l1 on the embedded vector: m = 40 coordinates, D = 10
-    l1 = grad_l1_bounds(basis @ x, basis @ y, na, nb, sigma, alpha, subspace_dim=ds)
+    l1 = grad_l1_bounds(basis @ x, basis @ y, na, nb, sigma=sigma, alpha=alpha, subspace_dim=ds)
     assert (float(l1.lower), float(l1.upper)) == pytest.approx(
         ref_l1(basis @ x, basis @ y, na, nb, sigma, alpha, "bernstein", ds), rel=REL
     )
     # dual norms: p = 1 -> linf, p = 2 -> l2, p = inf -> l1
-    assert float(grad_dual_norm_upper(x, y, na, nb, sigma, alpha, 1, subspace_dim=ds)) == pytest.approx(
+    kw = dict(sigma=sigma, alpha=alpha, subspace_dim=ds)
+    assert float(grad_dual_norm_upper(x, y, na, nb, p=1, **kw)) == pytest.approx(
         ref_linf(x, y, na, nb, sigma, alpha)[1], rel=REL)
-    assert float(grad_dual_norm_upper(x, y, na, nb, sigma, alpha, 2, subspace_dim=ds)) == float(up)
-    assert float(grad_dual_norm_upper(x, y, na, nb, sigma, alpha, math.inf, subspace_dim=ds)) == pytest.approx(
+    assert float(grad_dual_norm_upper(x, y, na, nb, p=2, **kw)) == float(up)
+    assert float(grad_dual_norm_upper(x, y, na, nb, p=math.inf, **kw)) == pytest.approx(
         ref_l1(x, y, na, nb, sigma, alpha, "bernstein", ds)[1], rel=REL)
 
 
@@ -201,14 +204,14 @@ def test_ordering_and_monotonicity():
     beta = 0.03 * rng.normal(size=d)
     x = beta + 0.01 * rng.normal(size=d)
     y = beta + 0.01 * rng.normal(size=d)
-    lo, up = grad_l2_bounds(x, y, 2000, 2000, 0.5, jnp.array([1e-6, 1e-3, 0.1, 0.5]))
+    lo, up = grad_l2_bounds(x, y, 2000, 2000, sigma=0.5, alpha=jnp.array([1e-6, 1e-3, 0.1, 0.5]))
     assert np.all(np.diff(np.asarray(up)) <= 0) and np.all(np.diff(np.asarray(lo)) >= 0)
     assert np.all(np.asarray(lo) <= np.asarray(up))
-    lo_b, up_b = grad_l2_bounds(x, y, 2000, 2000, 0.5, 1e-3, method="bernstein")
-    lo_c, up_c = grad_l2_bounds(x, y, 2000, 2000, 0.5, 1e-3, method="chernoff")
+    lo_b, up_b = grad_l2_bounds(x, y, 2000, 2000, sigma=0.5, alpha=1e-3, method="bernstein")
+    lo_c, up_c = grad_l2_bounds(x, y, 2000, 2000, sigma=0.5, alpha=1e-3, method="chernoff")
     assert float(up_c) <= float(up_b) and float(lo_c) >= float(lo_b)  # Chernoff is the tighter proof
     n = jnp.array([100, 1000, 10000, 100000])
-    lo_n, up_n = grad_l2_bounds(x, y, n, n, 0.5, 1e-3)
+    lo_n, up_n = grad_l2_bounds(x, y, n, n, sigma=0.5, alpha=1e-3)
     assert np.all(np.diff(np.asarray(up_n)) <= 0) and np.all(np.diff(np.asarray(lo_n)) >= 0)
 
 
@@ -250,15 +253,15 @@ def test_chaos_deviation_closed_form(method):
     """chaos_deviation against the reference over dimensions 1..1e5 and tails 1e-12..0.25."""
     for d in (1, 4, 64, 3072, 100_000):
         for tail in (1e-12, 1e-3, 0.25):
-            got = float(chaos_deviation(2.0, 0.5, d, tail, method=method))
+            got = float(chaos_deviation(2.0, 0.5, dim=d, alpha_tail=tail, method=method))
             want = ref_chaos_s(d, math.log(1 / tail), method)
             assert got == pytest.approx(want, rel=1e-8), (d, tail)
             if method == "chernoff":  # the bisection returns the safe (larger) end
                 assert got >= want * (1 - 1e-9)
     # Chernoff is never looser than Bernstein
     for d in (1, 64, 100_000):
-        assert float(chaos_deviation(1.0, 1.0, d, 1e-3, method="chernoff")) <= float(
-            chaos_deviation(1.0, 1.0, d, 1e-3, method="bernstein"))
+        assert float(chaos_deviation(1.0, 1.0, dim=d, alpha_tail=1e-3, method="chernoff")) <= float(
+            chaos_deviation(1.0, 1.0, dim=d, alpha_tail=1e-3, method="bernstein"))
 
 
 def _gaussian_chaos(rng, d, size):
@@ -286,7 +289,7 @@ def test_chaos_deviation_multipliers(d):
     q = np.quantile(s, 1 - tail)
     dens = np.mean(np.abs(s - q) < 0.02) / 0.04
     se = math.sqrt(tail * (1 - tail) / n) / dens
-    mult = {m: float(chaos_deviation(1.0, 1.0, d, tail, method=m)) / math.sqrt(d) for m in METHODS}
+    mult = {m: float(chaos_deviation(1.0, 1.0, dim=d, alpha_tail=tail, method=m)) / math.sqrt(d) for m in METHODS}
     print(f"\nd={d}: measured multiplier {q:.3f} (+-{se:.3f}); " + ", ".join(f"{m} {v:.3f}" for m, v in mult.items()))
     assert mult["bernstein"] >= q + 4 * se
     assert mult["chernoff"] >= q + 4 * se
@@ -315,7 +318,7 @@ def test_paper_forms_fail_for_gaussian_subg_vectors():
     y = beta + math.sqrt(k2) * rng.standard_normal((trials, d))
     rates = {}
     for m in METHODS:
-        lo, up = grad_l2_bounds(x, y, na, nb, sigma, alpha, method=m)
+        lo, up = grad_l2_bounds(x, y, na, nb, sigma=sigma, alpha=alpha, method=m)
         rates[m] = (float(np.mean(np.asarray(up) < true)), float(np.mean(np.asarray(lo) > true)))
     print("\nGaussian subG vectors, failure rates (upper, lower) at alpha=0.01:", rates)
     for m in ("bernstein", "chernoff"):
@@ -392,14 +395,15 @@ def _coverage(rng, trials, d, n_half, sigma, b1, b2, alpha, method):
         "sub_l2": np.linalg.norm(grad[sub]), "sub_l1": np.abs(grad[sub]).sum(),
         "sub_linf": np.abs(grad[sub]).max(),
     }
-    args = (n_half, n_half, sigma, alpha)
+    args = (n_half, n_half)
+    kw = dict(sigma=sigma, alpha=alpha, method=method)
     bounds = {
-        "l2": grad_l2_bounds(xa, xb, *args, method=method),
-        "l1": grad_l1_bounds(xa, xb, *args, method=method),
-        "linf": grad_linf_bounds(xa, xb, *args, method=method),
-        "sub_l2": grad_l2_bounds(xa[:, sub], xb[:, sub], *args, method=method, subspace_dim=d // 2),
-        "sub_l1": grad_l1_bounds(xa[:, sub], xb[:, sub], *args, method=method),
-        "sub_linf": grad_linf_bounds(xa[:, sub], xb[:, sub], *args, method=method),
+        "l2": grad_l2_bounds(xa, xb, *args, **kw),
+        "l1": grad_l1_bounds(xa, xb, *args, **kw),
+        "linf": grad_linf_bounds(xa, xb, *args, **kw),
+        "sub_l2": grad_l2_bounds(xa[:, sub], xb[:, sub], *args, **kw, subspace_dim=d // 2),
+        "sub_l1": grad_l1_bounds(xa[:, sub], xb[:, sub], *args, **kw),
+        "sub_linf": grad_linf_bounds(xa[:, sub], xb[:, sub], *args, **kw),
     }
     out = {}
     for name, (lo, up) in bounds.items():
@@ -466,7 +470,7 @@ def test_coverage_direct_simulation():
     xa, xb = z[:, 0].mean(1), z[:, 1].mean(1)
     for fn, true in ((grad_l2_bounds, np.linalg.norm(grad)), (grad_l1_bounds, np.abs(grad).sum()),
                      (grad_linf_bounds, np.abs(grad).max())):
-        lo, up = fn(xa, xb, n_half, n_half, sigma, alpha)
+        lo, up = fn(xa, xb, n_half, n_half, sigma=sigma, alpha=alpha)
         for f in (int(np.sum(np.asarray(up) < true)), int(np.sum(np.asarray(lo) > true))):
             assert stats.binom.sf(f - 1, trials, alpha) > 1e-3
 
@@ -481,7 +485,7 @@ def test_paper_table1_fails_on_a_halfspace():
     xb = two_halfspace_means(rng, trials, n, d, sigma, b, np.inf)
     fails = {}
     for m in METHODS:
-        lo, up = grad_l2_bounds(xa, xb, n, n, sigma, alpha, method=m)
+        lo, up = grad_l2_bounds(xa, xb, n, n, sigma=sigma, alpha=alpha, method=m)
         fails[m] = int(np.sum(np.asarray(up) < true)) + int(np.sum(np.asarray(lo) > true))
     print(f"\nhalf-space d={d}: failures (upper + lower) of {trials} trials at alpha={alpha}: {fails}")
     assert fails["bernstein"] == 0 and fails["chernoff"] == 0
@@ -497,7 +501,7 @@ def test_coverage_slow(case, method):
     trials, alpha = 5000, 0.05
     rng = np.random.default_rng(d * 11 + n_half)
     res = {}
-    for start in range(0, trials, 500):  # chunks keep memory small
+    for _ in range(0, trials, 500):  # chunks keep memory small
         part = _coverage(rng, 500, d, n_half, sigma, b1, b2, alpha, method)
         for name, r in part.items():
             acc = res.setdefault(name, dict(fail_upper=0, fail_lower=0))
@@ -522,15 +526,16 @@ def test_jit_vmap_broadcast(fn):
     x, y = _inputs()
     na = np.array([1000, 2000, 3000, 4000, 5000])
     sig = np.array([0.12, 0.25, 0.5, 1.0, 0.25])
-    eager = fn(x, y, na, na + 1, sig, 1e-3)
+    eager = fn(x, y, na, na + 1, sigma=sig, alpha=1e-3)
     assert isinstance(eager, NormBounds) and eager.lower.shape == (5,) and eager.lower.dtype == jnp.float64
-    jitted = jax.jit(lambda *a: fn(*a))(x, y, na, na + 1, sig, 1e-3)
-    vmapped = jax.vmap(lambda *a: fn(*a), in_axes=(0, 0, 0, 0, 0, None))(x, y, na, na + 1, sig, 1e-3)
+    call = lambda xa, xb, num_a, num_b, sigma, alpha: fn(xa, xb, num_a, num_b, sigma=sigma, alpha=alpha)
+    jitted = jax.jit(call)(x, y, na, na + 1, sig, 1e-3)
+    vmapped = jax.vmap(call, in_axes=(0, 0, 0, 0, 0, None))(x, y, na, na + 1, sig, 1e-3)
     for got in (jitted, vmapped):
         np.testing.assert_allclose(np.asarray(got.lower), np.asarray(eager.lower), rtol=1e-12)
         np.testing.assert_allclose(np.asarray(got.upper), np.asarray(eager.upper), rtol=1e-12)
     # leading axes: [2, 5, d] with per-row alpha
-    lo, up = fn(np.stack([x, x]), np.stack([y, y]), 1000, 1000, 0.5, np.array([[1e-3], [1e-2]]))
+    lo, up = fn(np.stack([x, x]), np.stack([y, y]), 1000, 1000, sigma=0.5, alpha=np.array([[1e-3], [1e-2]]))
     assert lo.shape == (2, 5)
     assert np.all(np.asarray(up[1]) <= np.asarray(up[0]))
 
@@ -538,20 +543,27 @@ def test_jit_vmap_broadcast(fn):
 def test_float32_inputs_promoted():
     x, y = _inputs()
     b64 = grad_l2_bounds(x.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64),
-                         1000, 1000, 0.5, 1e-3)
-    b32 = grad_l2_bounds(x.astype(np.float32), jnp.asarray(y, jnp.float32), 1000, 1000, np.float32(0.5), 1e-3)
+                         1000, 1000, sigma=0.5, alpha=1e-3)
+    b32 = grad_l2_bounds(x.astype(np.float32), jnp.asarray(y, jnp.float32), 1000, 1000, sigma=np.float32(0.5),
+                         alpha=1e-3)
     assert b32.upper.dtype == jnp.float64
     np.testing.assert_array_equal(np.asarray(b32.upper), np.asarray(b64.upper))
     np.testing.assert_array_equal(np.asarray(b32.lower), np.asarray(b64.lower))
 
 
 def test_no_recompile():
+    """New values of every argument (same shapes) reuse the traced and compiled program."""
     x, y = _inputs()
-    f = jax.jit(lambda *a: grad_l2_bounds(*a, method="chernoff"))
+
+    @chex.assert_max_traces(n=1)
+    def bounds(xa, xb, num_a, num_b, sigma, alpha):
+        return grad_l2_bounds(xa, xb, num_a, num_b, sigma=sigma, alpha=alpha, method="chernoff")
+
+    f = jax.jit(bounds)
     f(x, y, 1000, 1000, 0.5, 1e-3)
-    n0 = f._cache_size()
-    f(x + 1e-3, y, 2000, 1000, 0.25, 1e-2)
-    assert f._cache_size() == n0
+    with count_compilations() as compiled:
+        f(x + 1e-3, y, 2000, 1000, 0.25, 1e-2)
+    assert compiled == []
 
 
 _FLOAT32_SCRIPT = r"""
@@ -564,7 +576,7 @@ for d in (1024,):
     x = (beta + 0.003 * rng.normal(size=(200, d))).astype(np.float32)
     y = (beta + 0.003 * rng.normal(size=(200, d))).astype(np.float32)
     for name, fn in (("l2", grad_l2_bounds), ("l1", grad_l1_bounds), ("linf", grad_linf_bounds)):
-        lo, up = fn(x, y, 20000, 20000, 0.25, 1e-3)
+        lo, up = fn(x, y, 20000, 20000, sigma=0.25, alpha=1e-3)
         assert lo.dtype == np.float32
         out[f"{name}_{d}"] = [np.asarray(lo, float).tolist(), np.asarray(up, float).tolist(),
                               x.astype(float).tolist(), y.astype(float).tolist()]
@@ -584,7 +596,7 @@ def test_float32_mode_is_conservative():
     fns = {"l2": grad_l2_bounds, "l1": grad_l1_bounds, "linf": grad_linf_bounds}
     worst = 0.0
     for key, (lo32, up32, x, y) in res.items():
-        lo64, up64 = fns[key.split("_")[0]](np.array(x), np.array(y), 20000, 20000, 0.25, 1e-3)
+        lo64, up64 = fns[key.split("_")[0]](np.array(x), np.array(y), 20000, 20000, sigma=0.25, alpha=1e-3)
         assert np.all(np.array(lo32) <= np.asarray(lo64)), key
         assert np.all(np.array(up32) >= np.asarray(up64)), key
         worst = max(worst, float(np.max(np.array(up32) / np.asarray(up64) - 1)))
@@ -618,21 +630,36 @@ GOOD = dict(mean_a=np.ones(4) * 0.1, mean_b=np.ones(4) * 0.1, num_a=100, num_b=1
 def test_bad_input_raises(fn, bad, match):
     kw = dict(GOOD, **bad)
     with pytest.raises(ValueError, match=match):
-        fn(kw["mean_a"], kw["mean_b"], kw["num_a"], kw["num_b"], kw["sigma"], kw["alpha"])
+        fn(kw["mean_a"], kw["mean_b"], kw["num_a"], kw["num_b"], sigma=kw["sigma"], alpha=kw["alpha"])
 
 
 def test_bad_options_raise():
-    args = tuple(GOOD.values())
     with pytest.raises(ValueError, match="method"):
-        grad_l2_bounds(*args, method="paper")
+        grad_l2_bounds(**GOOD, method="paper")
     with pytest.raises(ValueError, match="subspace_dim"):
-        grad_l2_bounds(*args, subspace_dim=5)
+        grad_l2_bounds(**GOOD, subspace_dim=5)
     with pytest.raises(ValueError, match="subspace_dim"):
-        grad_l2_bounds(*args, subspace_dim=0)
+        grad_l2_bounds(**GOOD, subspace_dim=0)
     with pytest.raises(ValueError, match="p must be"):
-        grad_dual_norm_upper(*args, 3)
+        grad_dual_norm_upper(**GOOD, p=3)
     with pytest.raises(ValueError, match="shape"):
-        grad_l2_bounds(np.float64(0.1), np.float64(0.1), 10, 10, 0.5, 0.1)
+        grad_l2_bounds(np.float64(0.1), np.float64(0.1), 10, 10, sigma=0.5, alpha=0.1)
+
+
+@pytest.mark.parametrize(
+    "fn,extra",
+    [(grad_l2_bounds, ()), (grad_l1_bounds, ()), (grad_linf_bounds, ()), (grad_l1_upper, ()),
+     (grad_linf_upper, ()), (grad_dual_norm_upper, (2,))],
+    ids=["l2", "l1", "linf", "l1_upper", "linf_upper", "dual"],
+)
+def test_positional_sigma_alpha_still_work_with_a_deprecation_warning(fn, extra):
+    args = (GOOD["mean_a"], GOOD["mean_b"], GOOD["num_a"], GOOD["num_b"])
+    keywords = dict(sigma=GOOD["sigma"], alpha=GOOD["alpha"], **({"p": extra[0]} if extra else {}))
+    with pytest.warns(DeprecationWarning, match="sigma, alpha"):
+        old = fn(*args, GOOD["sigma"], GOOD["alpha"], *extra)
+    chex.assert_trees_all_equal(old, fn(*args, **keywords))
+    with pytest.warns(DeprecationWarning, match="dim, alpha_tail"):
+        assert float(chaos_deviation(1.0, 2.0, 8, 1e-3)) == float(chaos_deviation(1.0, 2.0, dim=8, alpha_tail=1e-3))
 
 
 @pytest.mark.parametrize("fn", [grad_l2_bounds, grad_l1_bounds, grad_linf_bounds])
@@ -643,7 +670,8 @@ def test_bad_input_under_jit_gives_nan(fn):
     num_a = np.array([100, 0, 100, 100, 100, 100])
     sigma = np.array([0.5, 0.5, -1.0, 0.5, 0.5, 0.5])
     alpha = np.array([1e-3, 1e-3, 1e-3, 1.5, np.nan, 1e-3])
-    lo, up = jax.jit(lambda *a: fn(*a))(x, np.full((6, 4), 0.1), num_a, 100, sigma, alpha)
+    call = lambda xa, xb, num_a, num_b, sigma, alpha: fn(xa, xb, num_a, num_b, sigma=sigma, alpha=alpha)
+    lo, up = jax.jit(call)(x, np.full((6, 4), 0.1), num_a, 100, sigma, alpha)
     lo, up = np.asarray(lo), np.asarray(up)
     assert np.all(np.isnan(lo[:5])) and np.all(np.isnan(up[:5]))
     assert np.isfinite(lo[5]) and np.isfinite(up[5])

@@ -24,6 +24,7 @@ import csv
 import pathlib
 
 import numpy as np
+from helpers import padded_call
 
 import smoothjax as sj
 
@@ -57,11 +58,11 @@ _PAD = 1024  # every per-file call is padded to this length: one compile per fun
 
 
 def _call(fn, *args):
-    args = np.broadcast_arrays(*[np.asarray(a, dtype=np.float64) for a in args])
-    size = args[0].size
-    assert size <= _PAD
-    padded = [np.concatenate([a, np.full(_PAD - size, a[0])]) for a in args]
-    return np.asarray(fn(*padded))[:size]
+    return padded_call(fn, *args, length=_PAD).ravel()
+
+
+def _sos_grad_norm_upper(est, num_pairs, dim, sigma, alpha, p_lower):
+    return sj.sos_grad_norm_upper(est, num_pairs, dim=dim, sigma=sigma, alpha=alpha, p_lower=p_lower)
 
 
 def _load(peer_data_dir):
@@ -137,7 +138,7 @@ def test_peer_data_reproduced_row_by_row(peer_data_dir):
 
             def bound_of(raw_values, p=p, npairs=npairs, d=f["d"]):
                 est = np.sign(raw_values) * raw_values**2
-                return _call(sj.sos_grad_norm_upper, est, npairs, d, SIGMA, ALPHA / 2, p)
+                return _call(_sos_grad_norm_upper, est, npairs, d, SIGMA, ALPHA / 2, p)
 
             bound = bound_of(raw)
             cap = _call(sj.max_grad_norm, p, SIGMA)
@@ -154,7 +155,7 @@ def test_peer_data_reproduced_row_by_row(peer_data_dir):
             lo, hi = np.minimum(b_lo, b_hi), np.maximum(b_lo, b_hi)
             printed = _col(rows, "grad_norm_bound")
 
-            def reachable(i):
+            def reachable(i, lo=lo, hi=hi, printed=printed):
                 # Some raw value in the printed interval gives a bound that prints as the peer's.
                 ph = _half_unit(printed[i], 6)
                 return lo[i] <= printed[i] + ph and printed[i] - ph <= hi[i]

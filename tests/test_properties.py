@@ -112,8 +112,8 @@ def test_radius_zero_at_or_below_half(p, f, sigma, cs):
     assert float(sj.sos_radius(p, f * 10.0, sigma)) == 0.0
     cs = cs * p
     assert float(sj.dipole_radius(cs, p - cs, sigma)) == 0.0
-    assert float(sj.l1_radius(p, 0.0, f, sigma)) == 0.0
-    assert float(sj.linf_radius(p, 0.0, f, 8, sigma)) == 0.0
+    assert float(sj.l1_radius(p, 0.0, f, sigma=sigma)) == 0.0
+    assert float(sj.linf_radius(p, 0.0, f, dim=8, sigma=sigma)) == 0.0
 
 
 # ----------------------------------------------------------------------------- first order
@@ -131,9 +131,10 @@ def test_l1_radius_monotone(p1, p2, fl1, fl2, fa1, fa2, sigma):
     l1, l2 = fl1 * gm, fl2 * gm
     a1, a2 = fa1 * gm, fa2 * gm
     rel = 1e-9
-    assert _le(sj.l1_radius(p1, l1, a1, sigma), sj.l1_radius(p2, l1, a1, sigma), rel)  # up in p
-    assert _le(sj.l1_radius(p1, l1, a1, sigma), sj.l1_radius(p1, l2, a1, sigma), rel)  # up in ||grad||_2 lower
-    assert _le(sj.l1_radius(p1, l1, a2, sigma), sj.l1_radius(p1, l1, a1, sigma), rel)  # down in ||grad||_inf upper
+    assert _le(sj.l1_radius(p1, l1, a1, sigma=sigma), sj.l1_radius(p2, l1, a1, sigma=sigma), rel)  # up in p
+    # up in ||grad||_2 lower, down in ||grad||_inf upper
+    assert _le(sj.l1_radius(p1, l1, a1, sigma=sigma), sj.l1_radius(p1, l2, a1, sigma=sigma), rel)
+    assert _le(sj.l1_radius(p1, l1, a2, sigma=sigma), sj.l1_radius(p1, l1, a1, sigma=sigma), rel)
 
 
 @SET_T3
@@ -143,7 +144,7 @@ def test_l1_radius_at_least_l2_implied(p, fu, fa, fl, sigma):
     U = fu * gm * 1.2  # the l2 upper bound (may exceed the maximum; sos clips it)
     a = fa * min(U, gm)  # 0 <= a <= U
     l = fl * gm * (1 - 1e-9)
-    l1 = float(sj.l1_radius(p, l, a, sigma))
+    l1 = float(sj.l1_radius(p, l, a, sigma=sigma))
     r2 = float(sj.sos_radius(p, U, sigma))
     assert l1 >= r2 * (1 - 1e-9), (l1, r2)
 
@@ -155,7 +156,7 @@ def test_linf_radius_at_least_l2_implied(p, fu, fb, fl, d, sigma):
     U = fu * gm
     l = fl * U  # l <= ||grad||_2 <= U
     b = l + fb * (math.sqrt(d) * U - l)  # l <= b <= sqrt(d) U
-    linf = float(sj.linf_radius(p, l, b, d, sigma))
+    linf = float(sj.linf_radius(p, l, b, dim=d, sigma=sigma))
     r2 = float(sj.sos_radius(p, U, sigma))
     assert linf >= r2 / math.sqrt(d) * (1 - 1e-9), (linf, r2 / math.sqrt(d))
 
@@ -172,7 +173,7 @@ def test_l1_equals_sos_when_all_gradient_along_the_vertex():
     for p in (0.6, 0.8, 0.95, 0.999):
         for frac in (0.0, 0.3, 0.9):
             U = frac * _gmax(p, 0.5)
-            l1 = float(sj.l1_radius(p, U, U, 0.5))
+            l1 = float(sj.l1_radius(p, U, U, sigma=0.5))
             sos = float(sj.sos_radius(p, U, 0.5))
             assert math.isclose(l1, sos, rel_tol=1e-7), (p, frac, l1, sos)
 

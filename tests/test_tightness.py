@@ -151,6 +151,6 @@ def test_theorem3_tight_on_its_construction(r, c1, c2):
         for sigma in (0.5,):
             g_l2 = math.hypot(m1, m2) / sigma
             g_linf = -m1 / sigma
-            l1 = float(sj.l1_radius(q, g_l2, g_linf, sigma))
+            l1 = float(sj.l1_radius(q, g_l2, g_linf, sigma=sigma))
             assert l1 <= sigma * r + SOUND
             assert abs(l1 - sigma * r) <= TOL * sigma, (l1, sigma * r)
