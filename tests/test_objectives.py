@@ -267,6 +267,21 @@ def test_loss_finite_and_differentiable_at_edges(name, x64):
             assert np.all(np.isfinite(np.asarray(leaf))), (name, list(EDGE_CASES))
 
 
+@pytest.mark.parametrize("name", _slow_if_theorem3(["sos_l2", "first_order_l1", "first_order_linf"]))
+def test_stein_gradient_objectives_finite_at_edges(name):
+    """The noise-weighted (Stein) gradient variant of the gradient radii, float32, all edge cases."""
+    with jax.enable_x64(False):
+        cases = list(EDGE_CASES.values())
+        params = jax.tree_util.tree_map(lambda *leaves: jnp.asarray(np.stack(leaves), jnp.float32), *[c[0] for c in cases])
+        ys = jnp.asarray([c[1] for c in cases])
+        loss_fn = obj.make_objective(name, dense_apply, sigma=SIGMA, num_samples=8, gradient="stein")
+        vals, grads = jax.jit(jax.vmap(jax.value_and_grad(loss_fn), in_axes=(0, None, 0, None)))(
+            params, jnp.zeros((4, DIM), jnp.float32), ys, jax.random.key(5))
+        assert np.all(np.isfinite(np.asarray(vals)))
+        for leaf in jax.tree_util.tree_leaves(grads):
+            assert np.all(np.isfinite(np.asarray(leaf))), name
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in THEOREM3 | {"sos_l2"} else n
                                   for n in obj.OBJECTIVES])
 def test_training_step_decreases_loss_jit_and_determinism(name):
