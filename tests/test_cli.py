@@ -70,7 +70,7 @@ ERROR_CASES = [
     (lambda t: ["certify", "--methods", "cohen,bogus", "--out", str(t / "o.tsv")], "unknown method 'bogus'"),
     (lambda t: ["certify", "--alpha", "1.5", "--out", str(t / "o.tsv")], "--alpha must lie"),
     (lambda t: ["certify", "--subspace", "diagonal", "--methods", "subspace", "--out", str(t / "o.tsv")], "unknown --subspace"),
-    (lambda t: ["certify", "--dataset", "mnist", "--out", str(t / "o.tsv")], "unknown dataset 'mnist'"),
+    (lambda t: ["certify", "--dataset", "mnist7", "--out", str(t / "o.tsv")], "unknown dataset 'mnist7'"),
     (lambda t: ["train", "--sigma", "0.25", "--arch", "resnet", "--out", str(t / "m.msgpack")], "unknown architecture"),
     (lambda t: ["train", "--sigma", "0.25", "--objective", "nope", "--out", str(t / "m.msgpack")], "unknown objective 'nope'"),
     (lambda t: ["train", "--sigma", "0.25", "--objective-option", "foo", "--out", str(t / "m.msgpack")], "KEY=VALUE"),
@@ -257,3 +257,19 @@ def test_demo_in_a_fresh_directory(tmp_path):
     assert re.search(r"cohen_l2\s+l2\s+[01]\.\d{3}", proc.stdout)
     assert "Traceback" not in proc.stderr
     print(f"demo wall time {wall:.1f} s")
+
+
+def test_summary_names_unconverged_first_order_radii(tmp_path):
+    """Radii from Theorem 3's certified fallback are named in the summary (sound but possibly loose)."""
+    import io
+
+    from smoothjax.app.tsv import CertificationTable
+
+    table = CertificationTable("t", np.array([1, 1]), np.array([1, 1]), np.array([True, True]),
+                               {"first_order_l1": np.array([0.5, 0.25])}, np.array([0.1, 0.1]))
+    timing = {"total_s": 1.0, "per_input_s": 0.5, "first_call_s": 0.6, "steady_per_input_s": float("nan"),
+              "inputs_this_run": 2, "unconverged": {"first_order_l1": [7]}}
+    out = io.StringIO()
+    cli.print_summary(table, timing, file=out)
+    text = out.getvalue()
+    assert "1 first_order_l1 radii are Theorem 3's certified fallback" in text and "inputs 7" in text

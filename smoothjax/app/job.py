@@ -99,6 +99,8 @@ class JobSummary:
     the file when it started, ``done_now`` were certified by this call. ``seconds`` is this call's
     wall time; ``first_chunk_s`` the first chunk's (it includes compilation) and
     ``steady_per_input_s`` the seconds per input after it (NaN with fewer than two chunks).
+    ``unconverged`` maps a method to the input ids (certified by this call) whose radius is Theorem
+    3's certified fallback because its solver did not converge: sound, possibly loose.
     """
 
     out: str
@@ -111,6 +113,7 @@ class JobSummary:
     steady_per_input_s: float
     dropped_rows: int
     status: str
+    unconverged: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -515,6 +518,7 @@ def certify_dataset(
     chunk_seconds: list[float] = []
     chunk_inputs: list[int] = []
     done_now, status = 0, "interrupted"
+    unconverged: dict[str, list[int]] = {}
     stop = _StopFlag()
     bar = None
 
@@ -528,6 +532,11 @@ def certify_dataset(
         lines = rows_fn(res, None if labels is None else labels[chunk], times, ids[chunk])
         fresh = [line for p, line in zip(chunk, lines) if int(ids[p]) not in done]
         tsv.append_lines(out, fresh)
+        for method, ok in res.solver_converged.items():
+            loose = [int(ids[p]) for p, good, pred in zip(chunk, np.asarray(ok), np.asarray(res.prediction))
+                     if not good and pred >= 0 and int(ids[p]) not in done]
+            if loose:
+                unconverged.setdefault(method, []).extend(loose)
         done.update(int(ids[p]) for p in chunk)
         done_now += len(fresh)
         bar.update(len(fresh))
@@ -568,7 +577,8 @@ def certify_dataset(
             bar.close()
             seconds = time.perf_counter() - start_time
             record["status"] = status
-            record["sessions"][-1].update(ended_utc=_now(), inputs=done_now, seconds=round(seconds, 3))
+            record["sessions"][-1].update(ended_utc=_now(), inputs=done_now, seconds=round(seconds, 3),
+                                          unconverged_radii=unconverged)
             if status == "complete":
                 record["finished_utc"] = _now()
             _write_sidecar(side, record, sync_dir=False)
@@ -577,7 +587,7 @@ def certify_dataset(
     return JobSummary(
         out=out, sidecar=side, total=len(positions), done_before=done_before, done_now=done_now, seconds=seconds,
         first_chunk_s=chunk_seconds[0] if chunk_seconds else 0.0, steady_per_input_s=steady, dropped_rows=dropped,
-        status=status,
+        status=status, unconverged=unconverged,
     )
 
 
