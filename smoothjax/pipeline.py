@@ -290,6 +290,7 @@ def certify(
     input_ids=None,
     mesh=None,
     certificate_math: str = "host",
+    rows_per_call: int | None = None,
 ) -> CertifyResult:
     """Certify a batch of inputs with every requested method (see the module docstring).
 
@@ -314,6 +315,10 @@ def certify(
         processes each passes its own inputs and gets its own results.
       certificate_math: ``"host"`` (default: float64 on the host CPU) or ``"device"`` (float32-only
         mode: one program in the ambient precision, see the module docstring).
+      rows_per_call: static, optional cap on the rows of one model call (default: all inputs of a
+        step in one call, ``batch * batch_size`` rows). The inputs of a step are then evaluated in
+        groups; results do not change. On a CPU, calls of a few thousand rows stay in cache
+        (measured 1.3x faster for a small CNN at 2000 rows per call than at 8000).
 
     Returns:
       :class:`CertifyResult` (NumPy arrays; traced arrays under an outer ``jit``).
@@ -338,6 +343,8 @@ def certify(
         apply_fn, params, xs, sigma=sigma, num_samples=n, batch_size=batch_size, pairs=needs_pairs, name="n"
     )
     V.check_static_int("n0", n0, 1)
+    if rows_per_call is not None:
+        V.check_static_int("rows_per_call", rows_per_call, 1)
     if n0 > n:
         raise ValueError(f"n0 (selection samples, {n0}) must not exceed n (estimation samples, {n}).")
     if any(m in methods for m in _FIRST_ORDER) and n < 4:
@@ -347,7 +354,8 @@ def certify(
     mask = _check_subspace(subspace, np.shape(xs)[1:])
     ids = check_input_ids(input_ids, np.shape(xs)[0])
     config = _config(methods, n0=n0, n=n, batch_size=batch_size, dim=int(np.prod(np.shape(xs)[1:])),
-                     subspace_dim=None if mask is None else int(mask.sum()), xs_dtype=noise_dtype(xs))
+                     subspace_dim=None if mask is None else int(mask.sum()), xs_dtype=noise_dtype(xs),
+                     rows_per_call=rows_per_call)
     tags = _precision_tags(apply_fn, params, xs)
     if certificate_math == "device" or not V.is_concrete((xs, sigma, alpha, ids, params)):
         sigma_f, alpha_f = (jnp.asarray(v, float_dtype()) for v in (sigma, alpha))
@@ -383,26 +391,29 @@ class CertifyConfig(NamedTuple):
     dipole: bool
     split_half: bool
     pairs_only: bool
+    rows_per_call: int | None = None
 
 
-def _config(methods, *, n0, n, batch_size, dim, subspace_dim, xs_dtype) -> CertifyConfig:
+def _config(methods, *, n0, n, batch_size, dim, subspace_dim, xs_dtype, rows_per_call=None) -> CertifyConfig:
     first_order = tuple(m for m in methods if m in _FIRST_ORDER)
     iid_needed = any(m in methods for m in ("cohen_l2", "sos_l2", "top2_l2") + _FIRST_ORDER)
     return CertifyConfig(methods=methods, n0=n0, n=n, batch_size=batch_size, dim=dim, subspace_dim=subspace_dim,
                          xs_dtype=np.dtype(xs_dtype), dot_product="sos_l2" in methods,
                          dipole="dipole_l2" in methods, split_half=bool(first_order),
-                         pairs_only="dipole_l2" in methods and not iid_needed)
+                         pairs_only="dipole_l2" in methods and not iid_needed, rows_per_call=rows_per_call)
 
 
 def _statistics(apply_fn, params, xs, key, ids, sigma, *, config, samples_axis=None):
     """The device part: selection counts, the top class, the estimation statistics (double words)."""
     selection = device_statistics(apply_fn, params, xs, _stream_key(key, _SELECTION_STREAM), sigma, None, ids,
-                                  num_samples=config.n0, batch_size=config.batch_size, samples_axis=samples_axis)
+                                  num_samples=config.n0, batch_size=config.batch_size, samples_axis=samples_axis,
+                                  rows_per_call=config.rows_per_call)
     top = jax.lax.argmax(selection.counts, 1, jnp.int32)
     estimation = device_statistics(
         apply_fn, params, xs, _stream_key(key, _ESTIMATION_STREAM), sigma, top, ids,
         num_samples=config.n, batch_size=config.batch_size, dot_product=config.dot_product, dipole=config.dipole,
         split_half=config.split_half, pairs_only=config.pairs_only, samples_axis=samples_axis,
+        rows_per_call=config.rows_per_call,
     )
     finite = jnp.all(jnp.isfinite(_flat(xs)), axis=1)
     return selection, top, finite, estimation

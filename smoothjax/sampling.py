@@ -283,6 +283,7 @@ def sample_statistics(
     split_half: bool = False,
     pairs_only: bool = False,
     mesh=None,
+    rows_per_call: int | None = None,
 ) -> SampleStatistics:
     """Sufficient statistics of ``num_samples`` Gaussian-noise samples per input (module docstring).
 
@@ -302,6 +303,7 @@ def sample_statistics(
       pairs_only: draw only the antithetic pairs (requires ``dipole`` and no other statistic).
       mesh: optional ``jax.sharding.Mesh`` with axes ``("inputs", "samples")`` (default: every
         device on the inputs axis; see :mod:`smoothjax._sharding`).
+      rows_per_call: optional static cap on the rows of one model call (see :func:`device_statistics`).
 
     Returns:
       :class:`SampleStatistics` (NumPy arrays, float64 sums, for concrete inputs; traced arrays
@@ -333,7 +335,7 @@ def sample_statistics(
             raise ValueError(f"target_class must be {batch} class indices in [0, {num_classes}), one per input.")
     input_ids = check_input_ids(input_ids, batch)
     flags = dict(num_samples=num_samples, batch_size=batch_size, dot_product=dot_product, dipole=dipole,
-                 split_half=split_half, pairs_only=pairs_only)
+                 split_half=split_half, pairs_only=pairs_only, rows_per_call=rows_per_call)
     target = None if target_class is None else jnp.asarray(target_class).astype(jnp.int32)
     if not V.is_concrete((xs, sigma, target_class, input_ids)):
         dev = device_statistics(apply_fn, params, jnp.asarray(xs), key, sigma, target, input_ids, **flags)
@@ -412,7 +414,8 @@ def standard_normal(key_words, sample_idx, shape, dtype):
     return z.reshape((chunk, *shape)).astype(dtype)
 
 
-_STATIC = ("apply_fn", "num_samples", "batch_size", "dot_product", "dipole", "split_half", "pairs_only", "mesh")
+_STATIC = ("apply_fn", "num_samples", "batch_size", "dot_product", "dipole", "split_half", "pairs_only", "mesh",
+           "rows_per_call")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -468,6 +471,7 @@ def device_statistics(
     split_half=False,
     pairs_only=False,
     samples_axis=None,
+    rows_per_call=None,
 ) -> DeviceStatistics:
     """The sampling program for use inside ``jit`` / ``shard_map``: no validation, no 64-bit types.
 
@@ -476,6 +480,9 @@ def device_statistics(
     a mapped mesh axis of size ``S``), this device evaluates the chunks ``c = s, s + S, ...`` of
     its axis index ``s`` and the statistics are reduced over the axis: integer counts by ``psum``
     (bitwise equal to one device), double words by an ordered tree over the gathered parts.
+    ``rows_per_call`` (static, optional) caps the rows of one model call: the inputs of a step are
+    then evaluated in groups (``lax.map``), e.g. to stay in a CPU's caches; the statistics do not
+    change.
     """
     xs = jnp.asarray(xs)
     dtype = noise_dtype(xs)
@@ -515,8 +522,7 @@ def device_statistics(
             rows = jnp.concatenate([xs[:, None] + e, xs[:, None] - e[:, 0::2]], axis=1)
         else:
             rows = xs[:, None] + e
-        logits = apply_fn(params, rows.reshape((-1, *input_shape)))
-        logits = logits.reshape((batch, rows.shape[1], num_classes))
+        logits = _evaluate(apply_fn, params, rows, rows_per_call).reshape((batch, rows.shape[1], num_classes))
         pred = jax.lax.argmax(logits, 2, jnp.int32)
         finite = jnp.all(jnp.isfinite(logits), axis=-1)
         pred_pos, finite_pos = pred[:, :draws], finite[:, :draws]
@@ -577,6 +583,18 @@ def device_statistics(
     if samples_axis is not None:
         out = _reduce_over_samples(out, samples_axis)
     return DeviceStatistics(**out._asdict())
+
+
+def _evaluate(apply_fn, params, rows, rows_per_call):
+    """Logits of ``rows [batch, R, *input_shape]``, in model calls of at most ``rows_per_call`` rows
+    (whole inputs per call: the largest divisor ``g`` of ``batch`` with ``g R <= rows_per_call``)."""
+    batch, per_input = rows.shape[0], rows.shape[1]
+    input_shape = rows.shape[2:]
+    if rows_per_call is None or batch * per_input <= rows_per_call or batch == 1:
+        return apply_fn(params, rows.reshape((-1, *input_shape)))
+    group = max([g for g in range(1, batch + 1) if batch % g == 0 and g * per_input <= rows_per_call] or [1])
+    grouped = rows.reshape((batch // group, group * per_input, *input_shape))
+    return jax.lax.map(lambda r: apply_fn(params, r), grouped).reshape((batch * per_input, -1))
 
 
 def _tree_dw(hi, lo, axis):

@@ -273,3 +273,13 @@ def test_summary_names_unconverged_first_order_radii(tmp_path):
     cli.print_summary(table, timing, file=out)
     text = out.getvalue()
     assert "1 first_order_l1 radii are Theorem 3's certified fallback" in text and "inputs 7" in text
+
+
+@pytest.mark.parametrize("value, expected", [("all", None), ("512", 512), ("auto", 2048)])
+def test_rows_per_call_option(value, expected):
+    assert cli.parse_rows_per_call(value) == expected  # the test machine's backend is a CPU
+
+
+def test_rows_per_call_rejects_nonsense():
+    with pytest.raises(cli.UsageError, match="rows-per-call"):
+        cli.parse_rows_per_call("-3")

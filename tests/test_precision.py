@@ -174,3 +174,23 @@ print("ok")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_rows_per_call_caps_model_calls_without_changing_statistics():
+    calls = []
+
+    def counting(params, x):
+        calls.append(x.shape[0])
+        return HalfSpace.apply_fn(params, x)
+
+    clf = HalfSpace(W, 0.1)
+    xs = np.stack([a * W for a in (0.1, -0.2, 0.3, 0.0)]).astype(np.float32)
+    kw = dict(sigma=0.5, num_samples=1000, batch_size=100, target_class=np.array([1, 0, 1, 1], np.int32),
+              dot_product=True, dipole=True, split_half=True)
+    whole = sampling.sample_statistics(counting, clf.params, xs, jax.random.key(1), **kw)
+    assert max(calls) == 4 * 150
+    calls.clear()
+    capped = sampling.sample_statistics(counting, clf.params, xs, jax.random.key(1), rows_per_call=300, **kw)
+    assert max(calls) == 2 * 150  # two inputs per call
+    for field in ("counts", "dipole_both", "dipole_plus_only", "dot_sum", "z_sum_a", "z_sum_b"):
+        np.testing.assert_array_equal(getattr(capped, field), getattr(whole, field), err_msg=field)

@@ -382,6 +382,7 @@ def certify_dataset(
     format_method: str | None = None,
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
+    rows_per_call: int | None = None,
 ) -> JobSummary:
     """Certify ``xs`` into the TSV ``out``, one durable chunk at a time (see the module docstring).
 
@@ -393,6 +394,8 @@ def certify_dataset(
       out: TSV path (several JAX processes: each writes :func:`process_output_path`).
       sigma, n0, n, alpha, batch_size, methods, subspace: as :func:`smoothjax.pipeline.certify`.
       inputs_per_call: inputs per compiled call; also the unit of writing and of resuming.
+      rows_per_call: optional cap on the rows of one model call (:func:`smoothjax.certify`); it
+        does not change any result, so a resumed job may use another value.
       input_ids: ``[num_inputs]`` ids written as ``idx`` (default ``arange(num_inputs)``).
       resume: keep the rows already in ``out`` and certify the rest (settings must agree).
       overwrite: start afresh even if ``out`` exists (ignored with ``resume``).
@@ -488,7 +491,8 @@ def certify_dataset(
         previous_sessions = list(old.get("sessions", []))
         started_utc = old.get("started_utc", started_utc)
 
-    kwargs = dict(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, methods=methods)
+    kwargs = dict(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, methods=methods,
+                  rows_per_call=rows_per_call)
     if subspace is not None:
         kwargs["subspace"] = subspace
     per_call = int(min(inputs_per_call, max(1, len(positions))))
