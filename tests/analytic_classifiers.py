@@ -62,7 +62,7 @@ def apply_fn(params, x):
     """
     x = jnp.asarray(x)
     w = params["w"].astype(x.dtype)
-    s = jnp.sum(x.reshape(x.shape[0], -1) * w.reshape(-1), axis=-1)
+    s = jnp.sum(x.reshape(x.shape[0], -1) * w.reshape(1, -1), axis=-1)
     half_space = s + params["b"].astype(x.dtype)
     slab = params["t"].astype(x.dtype) - jnp.abs(s - params["c"].astype(x.dtype))
     return _logits_from_score(jnp.where(params["slab"], slab, half_space))

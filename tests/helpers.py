@@ -13,15 +13,33 @@ __all__ = [
     "central_difference",
     "count_compilations",
     "padded_call",
+    "partial_difference",
 ]
 
 #: The event JAX records (through :mod:`jax.monitoring`) once per backend compilation.
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
-def central_difference(fn: Callable[[float], float], x: float, h: float) -> float:
-    """Second-order central difference ``(fn(x + h) - fn(x - h)) / (2 h)``."""
-    return (fn(x + h) - fn(x - h)) / (2 * h)
+def central_difference(fn: Callable[[float], float], x: float, h: float, *, order: int = 2) -> float:
+    """Central difference of ``fn`` at ``x`` with step ``h``, of accuracy ``O(h^order)``.
+
+    ``order=2``: ``(fn(x + h) - fn(x - h)) / (2 h)``; ``order=4``:
+    ``(fn(x - 2h) - 8 fn(x - h) + 8 fn(x + h) - fn(x + 2h)) / (12 h)``.
+    """
+    if order == 2:
+        return (fn(x + h) - fn(x - h)) / (2 * h)
+    if order == 4:
+        return (fn(x - 2 * h) - 8 * fn(x - h) + 8 * fn(x + h) - fn(x + 2 * h)) / (12 * h)
+    raise ValueError(f"order must be 2 or 4, got {order!r}")
+
+
+def partial_difference(fn: Callable[..., float], args: Sequence[float], i: int, h: float, *, order: int = 2) -> float:
+    """Central difference of ``fn(*args)`` in its ``i``-th argument (see :func:`central_difference`)."""
+
+    def along(x: float) -> float:
+        return fn(*args[:i], x, *args[i + 1:])
+
+    return central_difference(along, args[i], h, order=order)
 
 
 def padded_call(fn: Callable, *args, length: int, fill: float | None = None) -> np.ndarray:
