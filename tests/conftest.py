@@ -25,20 +25,12 @@ PEER_DATA = SHARED / "peer-data" / "levine"
 # Test modules whose code under test does not yet pass strict dtype / rank promotion.
 _NOT_YET_STRICT = frozenset(
     {
-        "test_benchmarks",
         "test_cli",
-        "test_coverage",
-        "test_datasets",
-        "test_deprecation",
-        "test_first_order",
         "test_notebooks",
         "test_objectives",
         "test_pipeline",
-        "test_precision",
         "test_quadrature",
         "test_radius_gradients",
-        "test_sampling",
-        "test_sharding",
         "test_theorem3",
         "test_theorem3_reference",
         "test_training",
