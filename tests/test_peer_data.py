@@ -5,8 +5,8 @@ Every file under the peer data is read; for every row we recompute from the raw 
 * ``N_<n>`` (Cohen et al.): ``p_A_bar = clopper_pearson_lower(raw_count, n, 0.001)`` and
   ``radius = cohen_radius(p_A_bar, 0.25)``.
 * ``second_order_N_<n>``: ``p_A_bar = clopper_pearson_lower(raw_count, n, 0.0005)`` (alpha / 2);
-  ``grad_norm_bound = sos_grad_norm_upper(sign * raw_grad_norm^2, n / 2, d, 0.25, 0.0005,
-  p_A_bar)`` (the printed ``raw_grad_norm`` is the signed square root of the estimate of
+  ``grad_norm_bound = sos_grad_norm_upper(sign * raw_grad_norm^2, n / 2, dim=d, sigma=0.25,
+  alpha=0.0005, p_lower=p_A_bar)`` (the printed ``raw_grad_norm`` is the signed square root of the estimate of
   ||grad p||^2; d = 49 for small_mnist); ``grad_norm_bound_nonvacuous = bound < max_grad_norm(
   p_A_bar)`` up to a 1e-12 relative slack; ``radius = sos_radius(p_A_bar, grad_norm_bound, 0.25)``.
 * ``dipole_N_<n>``: ``p_A_symmetric_bar`` / ``p_A_asymmetric_bar`` = Clopper-Pearson lower
