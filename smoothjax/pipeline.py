@@ -467,7 +467,7 @@ def _certificates(stats: SampleStatistics, selection_counts, selection_nonfinite
     if "sos_l2" in methods:
         # the dot-product estimate widened by its accumulation bound (toward a larger gradient)
         est = (jnp.asarray(stats.dot_sum) + jnp.asarray(stats.dot_sum_error)) / stats.num_pairs
-        grad_up = sos_grad_norm_upper(est, stats.num_pairs, config.dim, sigma, alpha / 2, p_half)
+        grad_up = sos_grad_norm_upper(est, stats.num_pairs, dim=config.dim, sigma=sigma, alpha=alpha / 2, p_lower=p_half)
         radii["sos_l2"] = sos_radius(p_half, grad_up, sigma)
         p_lower["sos_l2"] = p_half
         bounds["sos_grad_norm_upper"] = grad_up
@@ -577,22 +577,22 @@ def _first_order_radii(stats, p_lower, sigma, alpha_each, mask, subspace_dim, me
     err = jnp.asarray(stats.z_sum_error)[:, None] / min(num_a, num_b)
     dim = mean_a.shape[-1]
     low_a, low_b = _box_corner(mean_a, mean_b, err, lowest=True)
-    l2_lower = grad_l2_bounds(low_a, low_b, num_a, num_b, sigma, alpha_each).lower
+    l2_lower = grad_l2_bounds(low_a, low_b, num_a, num_b, sigma=sigma, alpha=alpha_each).lower
     pooled = (num_a * mean_a + num_b * mean_b) / (num_a + num_b)
     away = jnp.where(pooled < 0, -1.0, 1.0) * err
     up_a, up_b = mean_a + away, mean_b + away
     bounds, rows = {"grad_l2_lower": l2_lower}, []
     if "first_order_l1" in methods:
-        bounds["grad_linf_upper"] = grad_linf_upper(up_a, up_b, num_a, num_b, sigma, alpha_each)
+        bounds["grad_linf_upper"] = grad_linf_upper(up_a, up_b, num_a, num_b, sigma=sigma, alpha=alpha_each)
         rows.append(("first_order_l1", bounds["grad_linf_upper"], 1))
     if "first_order_linf" in methods:
-        bounds["grad_l1_upper"] = grad_l1_upper(up_a, up_b, num_a, num_b, sigma, alpha_each)
+        bounds["grad_l1_upper"] = grad_l1_upper(up_a, up_b, num_a, num_b, sigma=sigma, alpha=alpha_each)
         rows.append(("first_order_linf", bounds["grad_l1_upper"], dim))
     if "subspace_l2" in methods:
         keep = jnp.asarray(mask).reshape(-1).astype(mean_a.dtype)
         hi_a, hi_b = _box_corner(mean_a, mean_b, err, lowest=False)
         bounds["subspace_grad_l2_upper"] = grad_dual_norm_upper(
-            hi_a * keep, hi_b * keep, num_a, num_b, sigma, alpha_each, 2, subspace_dim=subspace_dim
+            hi_a * keep, hi_b * keep, num_a, num_b, sigma=sigma, alpha=alpha_each, p=2, subspace_dim=subspace_dim
         )
         rows.append(("subspace_l2", bounds["subspace_grad_l2_upper"], 1))
     dual = jnp.stack([r[1] for r in rows])  # [k, batch]

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("train", help="train a classifier (Gaussian augmentation, MACER, Consistency, SmoothAdv or certificate-aware)")
-    p.add_argument("--dataset", default="digits", help="digits | spirals | swissroll | path/to/data.npz (arrays x, y)")
+    _add_dataset_args(p)
     p.add_argument("--arch", default="mlp", help="mlp | cnn")
     p.add_argument("--hidden", default=None, help="comma-separated hidden widths (mlp), e.g. 128,128")
     p.add_argument("--sigma", type=float, required=True, help="noise std in input units (certify with the same sigma)")
@@ -107,9 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
     p = sub.add_parser("analyze", help="certified accuracy vs radius plots and a markdown table from TSVs")
-    p.add_argument("tsv", nargs="+", help="one or more TSVs written by `smoothjax certify`")
+    p.add_argument("tsv", nargs="+",
+                   help="TSVs written by `smoothjax certify`, Cohen et al.'s logs (idx label predict radius correct time), "
+                        "the second paper's logs (N_<n>, second_order_N_<n>, dipole_N_<n>), or directories of them")
     p.add_argument("--out", default="smoothjax-analysis", help="output directory (default: smoothjax-analysis)")
     p.add_argument("--radii", default=",".join(f"{r:g}" for r in SUMMARY_RADII), help="radii for the table")
+    p.add_argument("--method", default=None,
+                   help="method name for logs with a single radius column (default cohen_l2, or what a second-paper file name says)")
+    p.add_argument("--sigma", type=float, default=None, help="noise level of the logs (default: from OUT.json or the path)")
+    p.add_argument("--n", type=int, default=None, help="estimation samples of the logs (default: from OUT.json or the file name)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="failure probability of the logs (default: from OUT.json; needed for HighProb accuracy)")
+    p.add_argument("--rho", type=float, default=0.001,
+                   help="HighProb accuracy holds with probability >= 1 - RHO over the certification noise (default 0.001)")
 
     p = sub.add_parser("demo", help="certify + analyze a digits subset with the shipped model")
     p.add_argument("--out", default="smoothjax-demo", help="output directory (default: smoothjax-demo)")
@@ -117,6 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=DEMO_N, help=f"samples for estimation (default {DEMO_N})")
     p.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _add_dataset_args(p):
+    p.add_argument("--dataset", default="digits",
+                   help="digits | spirals | swissroll | cifar10[:DIR] | cifar100[:DIR] | mnist[:DIR] | imagenet:DIR (class folders) "
+                        "| a directory of one of these | path/to/data.npz (arrays x, y)")
+    p.add_argument("--layout", default=None, choices=("nhwc", "nchw"),
+                   help="layout of a 4-D .npz image array; needed when its channel axis cannot be told from the shape")
+    p.add_argument("--scale", type=float, default=None,
+                   help="divide the inputs by SCALE: required for integer (uint8) .npz pixels, e.g. 255 maps 0..255 to [0, 1]; "
+                        "image formats default to 255")
+    p.add_argument("--download", action="store_true",
+                   help="fetch cifar10 or mnist from the official source when the files are missing (nothing is downloaded otherwise)")
+
+
+def _dataset_options(args) -> dict:
+    """The ``load_dataset`` keywords of the dataset arguments."""
+    return {"layout": args.layout, "scale": args.scale, "download": args.download}
 
 
 def _add_certify_args(p):
@@ -129,7 +157,7 @@ def _add_certify_args(p):
     p.add_argument("--model-fn", default=None, metavar="MODULE:FACTORY",
                    help="certify any Flax model: FACTORY() (or FACTORY(MODEL) with --model) in an importable module returns "
                         "(apply_fn, params) or (apply_fn, params, config)")
-    p.add_argument("--dataset", default="digits", help="digits | spirals | swissroll | path/to/data.npz (arrays x, y)")
+    _add_dataset_args(p)
     p.add_argument("--split", default="test", help="train | test (default test)")
     p.add_argument("--sigma", type=float, default=None, help="noise std (default: the sigma the model was trained with)")
     p.add_argument("--n0", type=int, default=100, help="samples for selecting the top class (default 100)")
@@ -145,6 +173,9 @@ def _add_certify_args(p):
     p.add_argument("--skip", type=int, default=1, help="certify every SKIP-th input (default 1)")
     p.add_argument("--inputs-per-call", type=int, default=10,
                    help="inputs per compiled call; rows are written (and resumed) a call at a time (default 10)")
+    p.add_argument("--rows-per-call", default="auto",
+                   help="most rows the model sees in one call (Cohen's --batch); 'auto' = 2048 on a CPU, every row "
+                        "of a step on an accelerator; 'all' = every row of a step. Results do not depend on it")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -264,7 +295,7 @@ def cmd_train(args) -> int:
     _check_positive("--epochs", args.epochs, integer=True)
     _check_positive("--batch-size", args.batch_size, integer=True)
     _check_positive("--lr", args.lr)
-    data = datasets.load_dataset(args.dataset, "train")
+    data = datasets.load_dataset(args.dataset, "train", **_dataset_options(args))
     config = models.default_config(args.arch, data.input_shape, data.num_classes)
     if args.hidden:
         try:
@@ -305,7 +336,7 @@ def cmd_train(args) -> int:
     models.save_model(args.out, config, result.params)
     msg = f"saved {args.out} ({os.path.getsize(args.out) / 1024:.0f} KB) after {time.perf_counter() - start:.1f} s"
     try:
-        test = datasets.load_dataset(args.dataset, "test")
+        test = datasets.load_dataset(args.dataset, "test", **{**_dataset_options(args), "download": False})
         clean = training.accuracy(result.apply_fn, result.params, test.x, test.y)
         noisy = training.accuracy(result.apply_fn, result.params, test.x, test.y, sigma=args.sigma)
         msg += f"; test accuracy {clean:.3f} clean, {noisy:.3f} under noise sigma={args.sigma}"
@@ -317,8 +348,8 @@ def cmd_train(args) -> int:
 
 def run_certify(
     *, model_path, dataset, split, sigma, n0, n, alpha, batch_size, methods, subspace, max_inputs, skip,
-    inputs_per_call, seed, out, progress=True, resume=False, overwrite=False, shard=None, tsv_format="smoothjax",
-    format_method=None, command=None, arch=None, model_fn=None,
+    inputs_per_call, seed, out, progress=True, dataset_options=None, resume=False, overwrite=False, shard=None, tsv_format="smoothjax",
+    format_method=None, command=None, arch=None, model_fn=None, rows_per_call=None,
 ):
     """Certify a dataset split into ``out`` (TSV + ``out.json``); returns ``(table, timing dict, sigma)``.
 
@@ -341,17 +372,10 @@ def run_certify(
         sigma = config.get("training", {}).get("sigma")
         if sigma is None:
             raise UsageError("this model does not record its training sigma; pass --sigma.")
-    data = datasets.load_dataset(dataset, split)
+    data = datasets.load_dataset(dataset, split, **(dataset_options or {}))
     config = models.complete_config(config, apply_fn, params, data.input_shape)  # a --model-fn may not say
     expected = tuple(config["input_shape"])
-    if data.input_shape != expected:
-        if int(np.prod(data.input_shape)) == int(np.prod(expected)):
-            data = datasets.Dataset(data.name, data.split, data.x.reshape((len(data), *expected)), data.y, data.num_classes)
-        else:
-            raise UsageError(
-                f"inputs in {dataset!r} have shape {list(data.input_shape)} but the model expects {list(expected)}; "
-                "certify with a dataset matching the model or train a model on this dataset."
-            )
+    data = datasets.match_input_shape(data, expected)  # flattening only: never reorders axes
     if data.num_classes > config["num_classes"]:
         raise UsageError(f"{dataset!r} has labels up to {data.num_classes - 1} but the model has {config['num_classes']} classes.")
     if "subspace_l2" in methods and subspace is None:
@@ -376,7 +400,7 @@ def run_certify(
         apply_fn, params, data.x[ids], data.y[ids], jax.random.key(seed), out=out, sigma=sigma, n0=n0, n=n,
         alpha=alpha, batch_size=batch_size, methods=methods, subspace=mask, inputs_per_call=inputs_per_call,
         input_ids=ids, resume=resume, overwrite=overwrite, shard=shard, format=tsv_format,
-        format_method=format_method, progress=progress, metadata=metadata,
+        format_method=format_method, progress=progress, metadata=metadata, rows_per_call=rows_per_call,
     )
     table = analysis.read_tsv(summary.out)
     timing = {
@@ -386,6 +410,7 @@ def run_certify(
         "steady_per_input_s": summary.steady_per_input_s,
         "inputs_this_run": summary.done_now,
         "inputs_before": summary.done_before,
+        "unconverged": summary.unconverged,
         "out": summary.out,
     }
     return table, timing, sigma
@@ -416,6 +441,27 @@ def print_summary(table, timing, *, radii=SUMMARY_RADII, file=None) -> None:
               file=file)
     print("  (certified accuracy: fraction of inputs classified correctly with radius >= r; "
           "ACR: average certified radius)", file=file)
+    for method, ids in sorted(timing.get("unconverged", {}).items()):
+        shown = ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
+        print(f"  note: {len(ids)} {method} radii are Theorem 3's certified fallback (the solver did not converge: "
+              f"sound, possibly loose), inputs {shown}; the sidecar lists them all", file=file)
+
+
+def parse_rows_per_call(value) -> int | None:
+    """``--rows-per-call``: a positive integer, ``all`` (None) or ``auto`` (2048 on a CPU backend)."""
+    import jax
+
+    if value in (None, "all"):
+        return None
+    if value == "auto":
+        return 2048 if jax.default_backend() == "cpu" else None
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise UsageError(f"--rows-per-call must be a positive integer, 'auto' or 'all'; got {value!r}.")
+    return rows
 
 
 def cmd_certify(args) -> int:
@@ -423,11 +469,12 @@ def cmd_certify(args) -> int:
 
     try:
         table, timing, sigma = run_certify(
-            model_path=args.model, dataset=args.dataset, split=args.split, sigma=args.sigma, n0=args.n0, n=args.n,
+            model_path=args.model, dataset=args.dataset, dataset_options=_dataset_options(args), split=args.split, sigma=args.sigma, n0=args.n0, n=args.n,
             alpha=args.alpha, batch_size=args.batch_size, methods=parse_methods(args.methods), subspace=args.subspace,
             max_inputs=args.max_inputs, skip=args.skip, inputs_per_call=args.inputs_per_call, seed=args.seed,
             out=args.out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite, shard=args.shard,
             tsv_format=args.format, format_method=args.cohen_method, command=sys.argv, arch=args.arch, model_fn=args.model_fn,
+            rows_per_call=parse_rows_per_call(args.rows_per_call),
         )
     except JobInterrupted as stop:  # SIGTERM / SIGINT: the rows written so far are kept
         print(f"smoothjax certify: {stop}", file=sys.stderr)
@@ -445,28 +492,81 @@ def cmd_merge(args) -> int:
     return 0
 
 
-def run_analyze(paths: Sequence[str], out_dir: str, radii=SUMMARY_RADII) -> list[str]:
-    """Plots (PNG + SVG) and ``summary.md`` for TSVs; returns the written paths."""
-    from smoothjax.app import analysis
+def _distinct_names(paths: Sequence[str]) -> list[str]:
+    """Table names for files: the file's stem, and for stems that collide the folders that tell them apart.
 
-    tables = [analysis.read_tsv(p) for p in paths]
+    Folders are compared from the file upwards and the nearest differing ones are kept until the
+    names are unique (``a/x/test/N_1`` and ``b/y/test/N_1`` become ``x/N_1`` and ``y/N_1``).
+    """
+    from smoothjax.app import tsv
+
+    stems = [tsv.file_stem(os.path.basename(p)) for p in paths]
+    names = list(stems)
+    for stem in {s for s in stems if stems.count(s) > 1}:
+        group = [i for i, s in enumerate(stems) if s == stem]
+        dirs = [os.path.normpath(os.path.abspath(paths[i])).split(os.sep)[-2::-1] for i in group]  # nearest folder first
+        depth = max(len(d) for d in dirs)
+        keep: list[int] = []
+        for k in range(depth):  # add differing folders, nearest first, until the names are unique
+            if len({d[k] if k < len(d) else None for d in dirs}) > 1:
+                keep.append(k)
+                labels = ["/".join([d[j] for j in reversed(keep) if j < len(d)] + [stem]) for d in dirs]
+                if len(set(labels)) == len(labels):
+                    break
+        for i, d in zip(group, dirs):
+            names[i] = "/".join([d[k] for k in reversed(keep) if k < len(d)] + [stem])
+    return names
+
+
+def run_analyze(paths: Sequence[str], out_dir: str, radii=SUMMARY_RADII, *, method: str | None = None,
+                settings: dict | None = None, rho: float = 0.001) -> list[str]:
+    """Figures, ``summary.md`` and ``summary.tex`` for certification logs; returns the written paths (the markdown last).
+
+    ``paths`` may name directories (every log directly inside). ``method`` names the radius of
+    single-radius logs; ``settings`` (``sigma`` / ``n`` / ``alpha``) override what the logs' sidecars
+    and names say. Writes ``certified_accuracy.png`` / ``.svg`` and, when some method can be paired
+    with Cohen's radius, ``radius_scatter.png``.
+    """
+    import dataclasses
+
+    from smoothjax.app import analysis, tsv
+
+    if not (0 < rho < 1):
+        raise UsageError(f"--rho must lie strictly between 0 and 1 (e.g. 0.001), got {rho}.")
+    files = tsv.expand_log_paths(paths)
+    tables = [analysis.read_tsv(p, method=method, settings=settings) for p in files]
     names = [t.name for t in tables]
     if len(set(names)) < len(names):  # same file name in different folders: tell them apart
-        tables = [analysis.read_tsv(p, name=os.path.relpath(p)) for p in paths]
+        tables = [dataclasses.replace(t, name=n) for t, n in zip(tables, _distinct_names(files))]
     os.makedirs(out_dir, exist_ok=True)
     written = analysis.plot_certified_accuracy(tables, os.path.join(out_dir, "certified_accuracy"))
+    written += analysis.plot_radius_scatter(tables, os.path.join(out_dir, "radius_scatter"))
+    tex = os.path.join(out_dir, "summary.tex")
+    with open(tex, "w") as fh:
+        fh.write(analysis.latex_table(tables, radii, rho=rho))
     md = os.path.join(out_dir, "summary.md")
     with open(md, "w") as fh:
         fh.write("# Certified accuracy\n\n")
-        fh.write("Fraction of inputs classified correctly with certified radius >= r (input units); "
-                 "ACR = average certified radius.\n\n")
-        fh.write(analysis.markdown_table(tables, radii))
-    return written + [md]
+        fh.write("Fraction of all attempted inputs classified correctly with certified radius >= r (input units; "
+                 "abstentions count as wrong); ACR = average certified radius.\n\n")
+        for t in tables:
+            text = analysis.settings_text(t.settings)
+            if text:
+                fh.write(f"- {t.name}: {text}\n")
+        fh.write("\n" if any(t.settings for t in tables) else "")
+        fh.write(analysis.markdown_table(tables, radii, rho=rho))
+    return written + [tex, md]
 
 
 def cmd_analyze(args) -> int:
     radii = _parse_radii(args.radii)
-    written = run_analyze(args.tsv, args.out, radii)
+    _check_positive("--sigma", args.sigma)
+    _check_positive("--n", args.n, integer=True)
+    if args.alpha is not None and not (0 < args.alpha < 1):
+        raise UsageError(f"--alpha must lie strictly between 0 and 1 (e.g. 0.001), got {args.alpha}.")
+    method = parse_methods(args.method)[0] if args.method else None
+    settings = {"sigma": args.sigma, "n": args.n, "alpha": args.alpha}
+    written = run_analyze(args.tsv, args.out, radii, method=method, settings=settings, rho=args.rho)
     with open(written[-1]) as fh:
         print(fh.read())
     print("wrote " + ", ".join(written))
@@ -488,6 +588,7 @@ def cmd_demo(args) -> int:
         model_path=None, dataset="digits", split="test", sigma=0.25, n0=min(DEMO_N0, args.n), n=args.n, alpha=0.001,
         batch_size=min(DEMO_BATCH, args.n - args.n % 2 or 2), methods=DEMO_METHODS, subspace="top", max_inputs=args.max_inputs, skip=1,
         inputs_per_call=max(1, args.max_inputs // 10), seed=args.seed, out=tsv, overwrite=True, command=sys.argv,
+        rows_per_call=parse_rows_per_call("auto"),
     )
     print_summary(table, timing)
     written = run_analyze([tsv], out)
@@ -523,13 +624,37 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
+#: Packages of the ``app`` extra (plots, progress bars, the digits data); the core needs none.
+APP_PACKAGES = {"matplotlib": "matplotlib", "tqdm": "tqdm", "sklearn": "scikit-learn"}
+
+
+def missing_app_packages() -> list[str]:
+    """The distributions of the ``app`` extra that cannot be imported (empty when installed)."""
+    import importlib.util
+
+    missing = []
+    for module, dist in APP_PACKAGES.items():
+        try:
+            found = sys.modules.get(module, 0) is not None and importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(dist)
+    return missing
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smoothjax`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    prog = f"smoothjax {args.command}"
+    missing = missing_app_packages()
+    if missing:
+        print(f"{prog}: error: the command line needs the application extra ({', '.join(missing)} not installed): "
+              "pip install 'smoothjax[app]'", file=sys.stderr)
+        return 2
     if args.command in ("certify", "demo"):
         enable_compilation_cache()
-    prog = f"smoothjax {args.command}"
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:

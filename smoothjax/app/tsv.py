@@ -122,14 +122,14 @@ def settings_from_path(path: str) -> dict:
         out["alpha"] = LEVINE_ALPHA
     parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
     for part in reversed(parts):
-        sigma = _SIGMA_NAME.match(_stem(part) if part == base else part)
+        sigma = _SIGMA_NAME.match(file_stem(part) if part == base else part)
         if sigma:
             out["sigma"] = float(sigma.group(1))
             break
     return out
 
 
-def _stem(base: str) -> str:
+def file_stem(base: str) -> str:
     """A file name without an extension of letters (``run.tsv`` -> ``run``; ``sigma_0.50`` stays)."""
     root, ext = os.path.splitext(base)
     return root if ext[1:].isalpha() else base
@@ -142,7 +142,7 @@ def read_sidecar(path: str) -> dict:
     ``settings`` / ``config``); anything else in the file is ignored. An unreadable sidecar raises
     :class:`AnalysisError`.
     """
-    for candidate in (f"{path}.json", os.path.join(os.path.dirname(path), _stem(os.path.basename(path)) + ".json")):
+    for candidate in (f"{path}.json", os.path.join(os.path.dirname(path), file_stem(os.path.basename(path)) + ".json")):
         if candidate != path and os.path.isfile(candidate):
             try:
                 with open(candidate) as fh:
@@ -220,7 +220,7 @@ def read_tsv(path: str, name: str | None = None, *, method: str | None = None,
         source = "levine" if levine else "cohen"
     found = {**settings_from_path(path), **read_sidecar(path)}
     found.update({k: v for k, v in (settings or {}).items() if v is not None})
-    stem = name or _stem(base)
+    stem = name or file_stem(base)
     return CertificationTable(stem, label, predict, correct, radii, time, idx, found, source, path)
 
 
