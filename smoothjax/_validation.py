@@ -41,6 +41,14 @@ def _host(x: Any) -> np.ndarray | None:
     return np.asarray(x)
 
 
+def _show(a: Any) -> str:
+    """A value for an error message: a plain number for one entry, a short list otherwise."""
+    arr = np.asarray(a)
+    if arr.size == 1:
+        return repr(arr.reshape(-1)[0].item())
+    return np.array2string(arr, threshold=6, separator=", ")
+
+
 def check_finite(name: str, x: Any) -> None:
     """Raise if ``x`` contains NaN or inf."""
     a = _host(x)
@@ -59,7 +67,7 @@ def check_probability(name: str, x: Any) -> None:
         raise ValueError(f"{name} contains NaN; it must be a probability in [0, 1].")
     if np.any((a < 0) | (a > 1)):
         bad = a[(a < 0) | (a > 1)].ravel()[0]
-        raise ValueError(f"{name} must be a probability in [0, 1], got {bad!r}.")
+        raise ValueError(f"{name} must be a probability in [0, 1], got {_show(bad)}.")
 
 
 def check_alpha(x: Any, name: str = "alpha") -> None:
@@ -69,7 +77,7 @@ def check_alpha(x: Any, name: str = "alpha") -> None:
         return
     if np.any(np.isnan(a)) or np.any((a <= 0) | (a >= 1)):
         raise ValueError(
-            f"{name} must lie strictly between 0 and 1 (a failure probability such as 0.001), got {a!r}."
+            f"{name} must lie strictly between 0 and 1 (a failure probability such as 0.001), got {_show(a)}."
         )
 
 
@@ -79,7 +87,7 @@ def check_sigma(x: Any, name: str = "sigma") -> None:
     if a is None:
         return
     if np.any(~np.isfinite(a)) or np.any(a <= 0):
-        raise ValueError(f"{name} must be a finite noise level > 0, got {a!r}.")
+        raise ValueError(f"{name} must be a finite noise level > 0, got {_show(a)}.")
 
 
 def check_nonnegative(name: str, x: Any) -> None:
@@ -88,7 +96,7 @@ def check_nonnegative(name: str, x: Any) -> None:
     if a is None:
         return
     if np.any(np.isnan(a)) or np.any(a < 0):
-        raise ValueError(f"{name} must be >= 0 and not NaN, got {a!r}.")
+        raise ValueError(f"{name} must be >= 0 and not NaN, got {_show(a)}.")
 
 
 def check_counts(successes: Any, trials: Any) -> None:
@@ -97,14 +105,14 @@ def check_counts(successes: Any, trials: Any) -> None:
     n = _host(trials)
     if k is not None:
         if np.any(np.isnan(k.astype(float))) or np.any(k < 0):
-            raise ValueError(f"successes must be counts >= 0, got {k!r}.")
+            raise ValueError(f"successes must be counts >= 0, got {_show(k)}.")
         if np.any(np.asarray(k, float) != np.round(np.asarray(k, float))):
-            raise ValueError(f"successes must be whole numbers, got {k!r}.")
+            raise ValueError(f"successes must be whole numbers, got {_show(k)}.")
     if n is not None:
         if np.any(np.isnan(n.astype(float))) or np.any(n < 1):
-            raise ValueError(f"trials must be a count >= 1, got {n!r}.")
+            raise ValueError(f"trials must be a count >= 1, got {_show(n)}.")
         if np.any(np.asarray(n, float) != np.round(np.asarray(n, float))):
-            raise ValueError(f"trials must be whole numbers, got {n!r}.")
+            raise ValueError(f"trials must be whole numbers, got {_show(n)}.")
     if k is not None and n is not None:
         if np.any(np.asarray(k, float) > np.asarray(n, float)):
             raise ValueError("successes must not exceed trials (k > n).")
@@ -125,7 +133,7 @@ def check_at_least_one(name: str, x: Any) -> None:
         return
     a = np.asarray(x, dtype=float)
     if np.any(~np.isfinite(a)) or np.any(a < 1):
-        raise ValueError(f"{name} must be a finite number >= 1, got {x!r}.")
+        raise ValueError(f"{name} must be a finite number >= 1, got {_show(x)}.")
 
 
 def invalid_probability(p):

@@ -28,8 +28,8 @@ The sampling program holds no 64-bit type (TPUs have none, GPUs run them slowly)
 ``|sum - exact sum of the per-sample values| <= 4 L u^2 S`` with ``u = 2^-24`` (float32), ``L`` the
 number of additions a term passes through (``ceil(log2(chunk)) + number of chunks + sample
 shards``) and ``S`` a bound on the sum of absolute values: ``S = n U / 2`` for the split-half
-sums (``|z| <= U / 2``, ``U = 5.5`` the largest ``|u|`` the float32 generator can return; 9 in
-float64), and the accumulated ``sum_pairs sum_j |u_j u'_j|`` (``dot_abs_sum``) for the dot
+sums, accumulated in units of ``u = e / sigma`` (``|u (1 - 1/2)| <= U / 2``, ``U = 5.5`` the
+largest ``|u|`` the float32 generator can return; 9 in float64; the bound is then scaled by sigma), and the accumulated ``sum_pairs sum_j |u_j u'_j|`` (``dot_abs_sum``) for the dot
 products, whose per-pair float32 products and sum over ``d`` add ``(u + 4 ceil(log2 d) u^2)``
 times that. :attr:`SampleStatistics.dot_sum_error` and :attr:`SampleStatistics.z_sum_error` are
 these bounds; the pipeline widens every confidence bound by them (toward the safe side). For

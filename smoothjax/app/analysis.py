@@ -237,9 +237,10 @@ def markdown_table(tables: Sequence[CertificationTable], radii: Sequence[float] 
                     rows.append([t.name, m, *["n/a"] * len(radii)])
                 else:
                     rows.append([t.name, m, *[f"{a:.3f}" for a in highprob_certified_accuracy(t, m, radii, alpha=alpha, rho=rho)]])
-        text += (f"\nHighProb certified accuracy: holds with probability >= 1 - {rho:g} over the certification noise "
-                 "(approximate minus the 1 - rho quantile of Binomial(m, alpha) / m; n/a where alpha is unknown: "
-                 "pass --alpha).\n\n")
+        text += (f"\nHighProb certified accuracy (Cohen et al. 2019): a lower bound on the certified accuracy that "
+                 f"holds with probability >= 1 - rho = 1 - {rho:g} over the certification noise: the approximate "
+                 "certified accuracy minus the 1 - rho quantile of Binomial(m, alpha) / m, m inputs, alpha the "
+                 "certificates' failure probability (n/a where alpha is unknown: pass --alpha).\n\n")
         text += "| " + " | ".join(["file", "method", *[f"r = {r:g}" for r in radii]]) + " |\n"
         text += "|" + "|".join(["---"] * 2 + ["---:"] * len(radii)) + "|\n"
         text += "".join("| " + " | ".join(r) + " |\n" for r in rows)

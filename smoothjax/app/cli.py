@@ -35,6 +35,7 @@ METHOD_ALIASES = {
     "first-order-linf": "first_order_linf",
     "subspace": "subspace_l2",
     "first-order-subspace": "subspace_l2",
+    "top2": "top2_l2",
 }
 ALL_METHODS = ("cohen_l2", "sos_l2", "dipole_l2", "first_order_l1", "first_order_linf")
 DEMO_METHODS = ALL_METHODS + ("subspace_l2",)
@@ -192,9 +193,9 @@ def parse_methods(text: str) -> tuple[str, ...]:
         if not name:
             continue
         canonical = METHOD_ALIASES.get(name, name.replace("-", "_"))
-        if canonical not in ALL_METHODS + ("subspace_l2",):
+        if canonical not in ALL_METHODS + ("subspace_l2", "top2_l2"):
             raise UsageError(
-                f"unknown method {raw.strip()!r}; use a comma-separated list of cohen, sos, dipole, l1, linf, subspace."
+                f"unknown method {raw.strip()!r}; use a comma-separated list of cohen, sos, dipole, l1, linf, subspace, top2."
             )
         if canonical not in out:
             out.append(canonical)
@@ -339,7 +340,8 @@ def cmd_train(args) -> int:
         test = datasets.load_dataset(args.dataset, "test", **{**_dataset_options(args), "download": False})
         clean = training.accuracy(result.apply_fn, result.params, test.x, test.y)
         noisy = training.accuracy(result.apply_fn, result.params, test.x, test.y, sigma=args.sigma)
-        msg += f"; test accuracy {clean:.3f} clean, {noisy:.3f} under noise sigma={args.sigma}"
+        which = "training-set accuracy (the file has no x_test / y_test)" if test.note else "test accuracy"
+        msg += f"; {which} {clean:.3f} clean, {noisy:.3f} under noise sigma={args.sigma}"
     except Exception:  # noqa: BLE001  (a user .npz without a test split: skip the report)
         pass
     print(msg)
@@ -373,6 +375,8 @@ def run_certify(
         if sigma is None:
             raise UsageError("this model does not record its training sigma; pass --sigma.")
     data = datasets.load_dataset(dataset, split, **(dataset_options or {}))
+    if data.note and progress:
+        print(f"note: {data.note}", file=sys.stderr)
     config = models.complete_config(config, apply_fn, params, data.input_shape)  # a --model-fn may not say
     expected = tuple(config["input_shape"])
     data = datasets.match_input_shape(data, expected)  # flattening only: never reorders axes
@@ -425,7 +429,7 @@ def print_summary(table, timing, *, radii=SUMMARY_RADII, file=None) -> None:
     if this_run == 0:
         line = f"\nsummary: {len(table.label)} inputs, all certified by earlier runs (nothing left to do"
     else:
-        line = (f"\nsummary: {len(table.label)} inputs" + (f" ({this_run} certified now)" if this_run != len(table.label) else "")
+        line = (f"\nsummary: {len(table.label)} inputs" + (f" ({this_run} processed in this run)" if this_run != len(table.label) else "")
                 + f"; {this_run} in {timing['total_s']:.1f} s: {timing['per_input_s']:.4f} s per input "
                 f"(the first call, {timing['first_call_s']:.1f} s, includes compilation")
         if np.isfinite(timing["steady_per_input_s"]):

@@ -115,6 +115,7 @@ class Dataset:
     x: np.ndarray
     y: np.ndarray
     num_classes: int
+    note: str = ""  # something the user should be told when this split is used (e.g. no test split)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -275,7 +276,12 @@ def load_npz(path: str, split: str = "train", *, layout: str | None = None, scal
     if resolve_layout(x.shape, layout, f"array 'x' in {path!r}") == "nchw":
         x = np.transpose(x, (0, 2, 3, 1))
     x = x.astype(np.float64) / scale if scale is not None else x
-    return Dataset(os.path.basename(path), split, np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int32), int(y.max()) + 1)
+    note = ""
+    if split == "test" and x_key == "x":
+        note = (f"{os.path.basename(path)} has no x_test / y_test arrays: its 'test' split is the whole file, "
+                "the same examples as 'train'")
+    return Dataset(os.path.basename(path), split, np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int32),
+                   int(y.max()) + 1, note)
 
 
 # ------------------------------------------------------------------------------------------
@@ -673,7 +679,7 @@ def match_input_shape(data: Dataset, expected: Sequence[int]) -> Dataset:
     squeeze = lambda s: tuple(d for d in s if d != 1)  # noqa: E731
     if int(np.prod(have)) == int(np.prod(want)) and (len(have) == 1 or len(want) == 1 or squeeze(have) == squeeze(want)):
         x = np.asarray(data.x).reshape((len(data), *want))
-        return Dataset(data.name, data.split, x, data.y, data.num_classes)
+        return Dataset(data.name, data.split, x, data.y, data.num_classes, data.note)
     raise DatasetError(
         f"inputs of {data.name!r} have shape {list(have)} but the model expects {list(want)}; "
         "for a .npz image array pass --layout nhwc or nchw, or use a dataset matching the model."

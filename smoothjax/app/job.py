@@ -87,7 +87,7 @@ class JobInterrupted(RuntimeError):
         self.signal_name = signal.Signals(signum).name
         super().__init__(
             f"stopped by {self.signal_name} after {done} of {total} inputs; the rows in {out} are kept, "
-            "resume with the same command plus --resume (resume=True)."
+            "resume with the same command plus --resume."
         )
 
 
