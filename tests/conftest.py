@@ -31,8 +31,6 @@ _NOT_YET_STRICT = frozenset(
         "test_pipeline",
         "test_quadrature",
         "test_radius_gradients",
-        "test_theorem3",
-        "test_theorem3_reference",
         "test_training",
     }
 )
