@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import jax, jax.numpy as jnp
+jax.config.update("jax_enable_x64", True)  # the figures compare certificate math with float64 references
 import smoothjax as sj
 from smoothjax import theorem3, certificates, pipeline
 
