@@ -48,7 +48,7 @@ CONFIGS = {
         "baseline_items": {"cohen": 100, "sos": 20, "dipole": 20, "directional": 1, "l1": 1, "linf": 1},
         "reference_items": {"cohen": 20, "sos": 10, "dipole": 10, "directional": 3, "l1": 2, "linf": 2},
         # a batch of 10^4 Theorem 3 radii takes seconds per call (plus seconds of compilation):
-        # quick mode times it once, for the directional radius only (issue 3's benchmark)
+        # quick mode times it once, for the directional radius only
         "theorem3_large": {"min_size": 10_000, "names": ["directional"], "repeats": 1},
         "sampling": {"mlp": (4, 4_000, 500), "cnn": (4, 4_000, 500), "resnet": (1, 128, 64)},
         "scaling": {"n": [1_000, 10_000, 100_000], "batch_size": 1_000, "batches": [1, 4, 16], "batch_n": 10_000},

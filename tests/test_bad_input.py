@@ -1,4 +1,4 @@
-"""Bad input never crashes and never yields a silent finite answer (issue 8).
+"""Bad input never crashes and never yields a silent finite answer.
 
 Policy (``smoothjax/_validation.py``): a concrete bad argument raises ``ValueError`` with a clear
 sentence; under ``jit`` the checks cannot run, so the function returns NaN (certificate math) or
@@ -247,7 +247,7 @@ def _run_traced(sigma, alpha):
 SIGMA_JIT_BUG = (
     "BUG (owner C, pipeline.certify under jit): with sigma <= 0 or NaN traced, certify still predicts the top class "
     "(prediction 1, not -1); the radii are 0 (method failed) but the input does not abstain with a reason flag "
-    "as issue 8 requires for bad input inside jit.")
+    "as the bad-input policy requires inside jit.")
 
 
 @pytest.mark.parametrize("sigma,alpha", [

@@ -1,4 +1,4 @@
-"""Statistical coverage of every confidence bound and certified radius (issue 8).
+"""Statistical coverage of every confidence bound and certified radius.
 
 On analytic classifiers whose smoothed probability, gradient, antithetic-pair probabilities and
 flip distances are known in closed form (``tests/coverage_helpers.py``: half-space, slab, two

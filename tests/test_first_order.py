@@ -315,6 +315,7 @@ def test_slack_at_the_maximum_gradient(solver):
 
 
 # ----------------------------------------------------------------------------- gradients (real solver)
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_grad_through_radii():
     """jax.grad of l1 + linf radius against central differences of the same function (real solver)."""
     p, l2, dual, sigma = 0.85, 0.4, 0.25, 0.5
@@ -372,6 +373,7 @@ def _pipeline_like(n=12, seed=0):
     return p[None], l2[None], dual, sigma, dims
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_subspace_radius_solution_is_the_radius_and_converged():
     """Real solver: the radius is subspace_radius's bit for bit, converged is True everywhere
     (including p_lower <= 1/2, where no solve runs) with the radius's shape."""

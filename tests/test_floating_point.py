@@ -1,4 +1,4 @@
-"""Floating point: radii in float64 and float32 against an mpmath reference (issue 8).
+"""Floating point: radii in float64 and float32 against an mpmath reference.
 
 References are computed with mpmath at 30 significant digits from the defining equations
 (independent of smoothjax):

@@ -7,8 +7,8 @@ notebook reads: it then draws 2 x 10^4 instead of 10^5 certification samples and
 of 10^6 samples for its idealised values, and prints the sizes; every computation and figure is
 still made. The committed notebooks and ``notebooks/figures/`` are the full-size runs. Measured on
 the shared 2-core machine (load 3-5, ``-n 0``): 10-36 s per notebook, about 1.5-2.2 minutes for the
-file, each notebook well under the 2 minutes of issue 5 (3 minutes for the certificate-training
-notebook, issue 6); at full size 24-38 s each.
+file, each notebook well under 2 minutes (3 minutes for the certificate-training
+notebook); at full size 24-38 s each.
 
 Besides "no cell raised" (the notebooks carry their own asserts) and "each figure was written",
 the test checks the saved numbers against INDEPENDENT references (scipy, closed forms):
@@ -23,7 +23,7 @@ the test checks the saved numbers against INDEPENDENT references (scipy, closed 
 * Swiss Roll, digits, certificate training: no certified Cohen radius exceeds
   sigma Phi^-1(alpha^(1/n)) (the largest Clopper-Pearson lower bound with n samples); idealised
   radii against scipy's Phi^-1 and the slab worst case; accuracies sane; the certificate-aware
-  objective improves the average certified radius it targets (issue 6).
+  objective improves the average certified radius it targets.
 """
 
 import csv

@@ -154,6 +154,7 @@ def test_bfloat16_inputs_get_float32_noise():
     assert seen and all(d == jnp.float32 for d in seen)
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_float32_only_mode_is_sound_against_float64_math():
     """certificate_math='device' in a float32 process: radii never above the float64 host radii."""
     code = """

@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) of the certificate functions (issue 8).
+"""Property-based tests (hypothesis) of the certificate functions.
 
 * monotonicity in every argument: Cohen (p up, sigma up), SoS (p up, gradient bound down; exact
   sigma scaling at fixed sigma * gradient), dipole (cs up, cn up), first-order l1 / linf (p up,

@@ -136,6 +136,7 @@ def test_closed_form_cases():
     assert float(theorem3_p_lower(1.0, q, -0.5 * M, -0.01)) == float(theorem3_p_lower(1.0, q, -0.5 * M, 0.0))
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_cohen_corner_is_exact_with_its_gradient():
     """m2 = 0 and m1 <= -M (the gradient at its largest, against v): Cohen's half-space exactly,
     p = Phi(Phi^-1(q) - r) and R = Phi^-1(q), with dR/dq = 1 / M and dp/dq = phi(z - r) / M
@@ -174,6 +175,7 @@ def test_band_lower_end_is_certified_by_the_reference(q, m1f, m2f):
     assert abs(r_band - R0) <= 1e-8 * R0 and lo <= R0
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_m2_zero_band_closed_form_and_gradient():
     """m2 = 0 (above Cohen's corner): the band is the solution, returned without a moments
     evaluation; radius and gradient agree with the independently derived SoS certificate
@@ -202,6 +204,7 @@ def _benchmark_like(size, seed=0):
     return q, rho * np.cos(angle), rho * np.sin(angle)
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_radius_does_not_depend_on_the_slots():
     """The slot machine: each radius runs the same operations whichever slot solves it, so the
     result is the same for a few slots refilled many times and one slot per radius (up
@@ -227,6 +230,7 @@ def test_radius_cost_in_moment_evaluations():
     assert evals.mean() <= 9.0 and evals.max() <= 30, (evals.mean(), evals.max())
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_below_fallback_threshold_gives_fallback_value():
     """m1 is only a lower bound: every m1 below the fallback threshold gives the same value."""
     r, q, m2f = 1.0, 0.9, 0.3
@@ -265,6 +269,7 @@ def test_radius_gradient_matches_reference_finite_differences():
         assert float(grads[i]) == pytest.approx(fd, rel=1e-5), f"argument {i}"
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_jit_vmap_grad_and_no_recompilation():
     q = jnp.array([0.7, 0.9, 0.99])
     M = jnp.exp(-0.5 * jax.scipy.special.ndtri(q) ** 2) / jnp.sqrt(2 * jnp.pi)
@@ -284,6 +289,7 @@ def test_jit_vmap_grad_and_no_recompilation():
     assert f._cache_size() == 1
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_monotone_in_q_m1_m2_and_angle():
     """p_lower non-decreasing in q, m1, m2; radius non-increasing in the angle (Proposition 2)."""
     r = 1.3
@@ -301,6 +307,7 @@ def test_monotone_in_q_m1_m2_and_angle():
     assert bool(jnp.all(jnp.diff(R) <= 1e-12))
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_infeasible_input():
     M = _M(0.9)
     with pytest.raises(ValueError, match="infeasible"):
@@ -351,6 +358,7 @@ def _near_arc_inputs():
     return q, M * rho * np.cos(ang), np.maximum(M * rho * np.sin(ang), 0.0)
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_near_arc_radius_is_finite_and_at_least_cohen():
     q, m1, m2 = _near_arc_inputs()
     R = np.asarray(jax.jit(directional_radius)(q, m1, m2))
@@ -362,6 +370,7 @@ def test_near_arc_radius_is_finite_and_at_least_cohen():
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_large_radii_toward_the_gradient_converge_and_follow_proposition_2():
     """|grad| = 0.99 M at q = 0.6: radii up to ~3 toward the gradient (m1 > 0), the most expensive
     (up to ~17 moment evaluations); they must converge, decrease as v turns away (Proposition 2)
@@ -379,6 +388,7 @@ def test_large_radii_toward_the_gradient_converge_and_follow_proposition_2():
     assert (ref - ours) / ref <= R_REL_TOL and (ours - ref) / ref <= OVER_TOL
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_directional_radius_solution_is_the_radius_with_its_diagnostics():
     """The solution's radius is directional_radius's, bit for bit, on benchmark-like inputs mixed
     with closed forms (q <= 1/2, Cohen's corner, the m2 = 0 band), and every solve converged."""
@@ -401,6 +411,7 @@ def test_directional_radius_solution_is_the_radius_with_its_diagnostics():
     assert float(s0.radius) == float(jax.jit(directional_radius)(q[0], m1[0], m2[0])) and bool(s0.converged)
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_directional_radius_solution_reports_the_budget_near_the_arc():
     """Near the arc the multipliers blow up: the first point spends its moments-evaluation budget
     (RADIUS_STEPS, checked when an inner solve ends, so overrun by at most one solve) and reports

@@ -1,5 +1,5 @@
 """Tightness: on the worst-case classifiers of the proofs, with EXACT p and gradient, the
-certificate equals the true flip distance (issue 8).
+certificate equals the true flip distance.
 
 * SoS (second paper, Appendix A.2 / first paper Corollary 3.1): the band classifier, 1 on
   ``l <= z <= u`` along the gradient direction (z = x . v / sigma). Exact p = Phi(u) - Phi(l),

@@ -375,8 +375,6 @@ def run_certify(
         if sigma is None:
             raise UsageError("this model does not record its training sigma; pass --sigma.")
     data = datasets.load_dataset(dataset, split, **(dataset_options or {}))
-    if data.note and progress:
-        print(f"note: {data.note}", file=sys.stderr)
     config = models.complete_config(config, apply_fn, params, data.input_shape)  # a --model-fn may not say
     expected = tuple(config["input_shape"])
     data = datasets.match_input_shape(data, expected)  # flattening only: never reorders axes
@@ -415,6 +413,7 @@ def run_certify(
         "inputs_this_run": summary.done_now,
         "inputs_before": summary.done_before,
         "unconverged": summary.unconverged,
+        "dataset_note": data.note,
         "out": summary.out,
     }
     return table, timing, sigma
@@ -445,6 +444,8 @@ def print_summary(table, timing, *, radii=SUMMARY_RADII, file=None) -> None:
               file=file)
     print("  (certified accuracy: fraction of inputs classified correctly with radius >= r; "
           "ACR: average certified radius)", file=file)
+    if timing.get("dataset_note"):
+        print(f"  note: {timing['dataset_note']}", file=file)
     for method, ids in sorted(timing.get("unconverged", {}).items()):
         shown = ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
         print(f"  note: {len(ids)} {method} radii are Theorem 3's certified fallback (the solver did not converge: "
