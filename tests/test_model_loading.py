@@ -241,3 +241,22 @@ def test_cli_model_errors_are_one_line_exit_2(make_args, message, tmp_path, caps
     assert err.count("\n") == 1 and err.startswith("smoothjax certify: error: ")
     assert message in err
     assert not (tmp_path / "pwned").exists()
+
+
+def test_cli_certifies_a_pytorch_cifar_resnet_on_a_cifar10_folder(tmp_path, capsys):
+    """The field's setting end to end: a Cohen-style checkpoint and CIFAR-10's python batches on disk."""
+    from test_datasets import _cifar_images, _write_cifar_batch
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        _write_cifar_batch(folder / f"data_batch_{i}", _cifar_images(rng, 1), [i])
+    _write_cifar_batch(folder / "test_batch", _cifar_images(rng, 2), [3, 7])
+    path, _ = _cifar_resnet20_checkpoint(tmp_path / "checkpoint.pth.tar")
+    out = tmp_path / "cert.tsv"
+    code, stdout, stderr = _run(["certify", "--model", path, "--arch", "cifar_resnet20", "--dataset",
+                                 f"cifar10:{tmp_path}", "--sigma", "0.25", *CERTIFY_FAST, "--out", str(out)], capsys)
+    assert code == 0, stderr
+    rows = [line for line in out.read_text().splitlines() if line and not line.startswith("#")]
+    assert len(rows) == 3 and rows[1].split("\t")[1] == "3" and rows[2].split("\t")[1] == "7"  # labels from test_batch
