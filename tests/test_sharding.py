@@ -35,13 +35,14 @@ SCRIPT = textwrap.dedent(
     for shape in {meshes!r}:
         mesh = make_mesh(*shape)
         tag = "%dx%d_" % shape
-        st = sample_statistics(clf.apply_fn, clf.params, xs, key, sigma=0.5, num_samples=1000, batch_size=100,
-                               target_class=np.ones(5, np.int32), dot_product=True, dipole=True, split_half=True,
-                               input_ids=np.arange(10, 15), mesh=mesh)
-        for f in ("counts", "nonfinite", "dipole_both", "dipole_plus_only", "dot_sum", "z_sum_a", "z_sum_b"):
-            out[tag + "stats_" + f] = np.asarray(getattr(st, f))
-        out[tag + "predict"] = np.asarray(predict(clf.apply_fn, clf.params, xs, key, sigma=0.5, n=1000,
-                                                  alpha=0.01, batch_size=100, mesh=mesh))
+        if shape != (2, 2):  # the mixed mesh is covered by certify below (fewer compilations)
+            st = sample_statistics(clf.apply_fn, clf.params, xs, key, sigma=0.5, num_samples=1000, batch_size=100,
+                                   target_class=np.ones(5, np.int32), dot_product=True, dipole=True, split_half=True,
+                                   input_ids=np.arange(10, 15), mesh=mesh)
+            for f in ("counts", "nonfinite", "dipole_both", "dipole_plus_only", "dot_sum", "z_sum_a", "z_sum_b"):
+                out[tag + "stats_" + f] = np.asarray(getattr(st, f))
+            out[tag + "predict"] = np.asarray(predict(clf.apply_fn, clf.params, xs, key, sigma=0.5, n=1000,
+                                                      alpha=0.01, batch_size=100, mesh=mesh))
         res = certify(clf.apply_fn, clf.params, xs, key, sigma=0.5, n0=50, n=1000, alpha=0.01, batch_size=100,
                       methods={methods!r}, mesh=mesh)
         out[tag + "prediction"] = np.asarray(res.prediction)
@@ -69,6 +70,9 @@ def _compare(one, other, prefix_one, prefix_other):
     names = [k[len(prefix_one):] for k in one if k.startswith(prefix_one)]
     assert names
     for name in names:
+        if prefix_other + name not in other:  # the 2 x 2 mesh runs certify only
+            assert prefix_other == "2x2_" and not name.startswith("radius") and name != "prediction", name
+            continue
         a, b = one[prefix_one + name], other[prefix_other + name]
         if np.issubdtype(a.dtype, np.integer):
             np.testing.assert_array_equal(b, a, err_msg=prefix_other + name)  # counts, predictions

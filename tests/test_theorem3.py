@@ -221,6 +221,7 @@ def test_radius_does_not_depend_on_the_slots():
     assert R[5] == 0.0 and R[9] == norm.ppf(0.9)
 
 
+@pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_radius_cost_in_moment_evaluations():
     """Algorithmic cost, not time: the number of moment evaluations per radius on the
     benchmark's input distribution (about 7.5 on average)."""
