@@ -23,20 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _bare(apply_fn, rows_per_step, steps):
-    @jax.jit
-    def run(params, base, pattern):
-        def body(i, acc):
-            rows = base + (i.astype(base.dtype) * 1e-3) * pattern
-            return acc + jnp.sum(jnp.argmax(apply_fn(params, rows), axis=-1)).astype(jnp.int32)
-
-        return jax.lax.fori_loop(0, steps, body, jnp.zeros((), jnp.int32))
-
-    return run
-
-
 def main(argv=None) -> int:
     import smoothjax
+    from benchmarks.case_sampling import _bare_forward
     from smoothjax.app import architectures
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,7 +62,7 @@ def main(argv=None) -> int:
         print(name, json.dumps(report[name]), flush=True)
     steps = max(1, args.n // args.batch_size)
     rows_per_step = args.images * args.batch_size
-    bare = _bare(apply_fn, rows_per_step, steps)
+    bare = _bare_forward(apply_fn, rows_per_step, steps)
     base = jnp.asarray(np.repeat(xs, args.batch_size, axis=0))
     pattern = jnp.ones_like(base)
     jax.block_until_ready(bare(variables, base, pattern))
