@@ -91,3 +91,12 @@ def count_compilations(fun_name: str | Sequence[str] | None = None) -> Iterator[
         yield compiled
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def run_cli(argv, capsys):
+    """``smoothjax.app.cli.main(argv)`` in this process: ``(exit code, stdout, stderr)``."""
+    from smoothjax.app import cli
+
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err

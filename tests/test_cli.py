@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
 from smoothjax.app import analysis, cli, models
 
@@ -24,10 +25,7 @@ def _no_persistent_cache_in_process(monkeypatch):
     monkeypatch.setenv("SMOOTHJAX_CACHE_DIR", "")
 
 
-def _run_main(argv, capsys):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
+_run_main = run_cli
 
 
 # --------------------------------------------------------------------------- error paths

@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import torch_reference as ref
-from smoothjax.app import architectures, cli, models
+from helpers import run_cli
+
+from smoothjax.app import models
 
 
 @pytest.fixture(autouse=True)
@@ -20,10 +21,7 @@ def _no_persistent_cache_in_process(monkeypatch):
     monkeypatch.setenv("SMOOTHJAX_CACHE_DIR", "")
 
 
-def _run(argv, capsys):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 # ------------------------------------------------------------------------------------------

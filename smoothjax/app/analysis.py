@@ -297,6 +297,17 @@ def _pyplot():
     return plt
 
 
+def _finish(fig, plt, title: str, shared: dict, out_stem: str, formats: Sequence[str]) -> list[str]:
+    """Title a figure with the settings its files share, save it in every format, close it."""
+    if shared:
+        title += f"; {settings_text(shared)}".replace("sigma", "σ").replace("alpha", "α")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    paths = _save(fig, out_stem, formats)
+    plt.close(fig)
+    return paths
+
+
 def _save(fig, out_stem: str, formats: Sequence[str]) -> list[str]:
     os.makedirs(os.path.dirname(os.path.abspath(out_stem)), exist_ok=True)
     paths = []
@@ -396,13 +407,7 @@ def plot_certified_accuracy(tables: Sequence[CertificationTable], out_stem: str,
             handles.append(Line2D([], [], color="0.2", alpha=0.3, lw=4, label="envelope over sigma (style = method)"))
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), fontsize=8, frameon=False)
     title = "certified accuracy (correct and radius >= r, abstentions count as wrong)"
-    if shared:
-        title += f"; {settings_text(shared)}".replace("sigma", "σ").replace("alpha", "α")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    paths = _save(fig, out_stem, formats)
-    plt.close(fig)
-    return paths
+    return _finish(fig, plt, title, shared, out_stem, formats)
 
 
 def radius_pairs(tables: Sequence[CertificationTable], reference: str = REFERENCE_METHOD) -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
@@ -474,10 +479,4 @@ def plot_radius_scatter(tables: Sequence[CertificationTable], out_stem: str, *, 
     for ax in axes.ravel()[len(pairs):]:
         ax.set_visible(False)
     title = f"per-input radius against {reference}"
-    if shared:
-        title += f"; {settings_text(shared)}".replace("sigma", "σ").replace("alpha", "α")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    paths = _save(fig, out_stem, formats)
-    plt.close(fig)
-    return paths
+    return _finish(fig, plt, title, shared, out_stem, formats)
