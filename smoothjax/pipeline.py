@@ -592,7 +592,7 @@ def _first_order_radii(stats, p_lower, sigma, alpha_each, mask, subspace_dim, me
         keep = jnp.asarray(mask).reshape(-1).astype(mean_a.dtype)
         hi_a, hi_b = _box_corner(mean_a, mean_b, err, lowest=False)
         bounds["subspace_grad_l2_upper"] = grad_dual_norm_upper(
-            hi_a * keep, hi_b * keep, num_a, num_b, sigma=sigma, alpha=alpha_each, p=2, subspace_dim=subspace_dim
+            hi_a * keep[None], hi_b * keep[None], num_a, num_b, sigma=sigma, alpha=alpha_each, p=2, subspace_dim=subspace_dim
         )
         rows.append(("subspace_l2", bounds["subspace_grad_l2_upper"], 1))
     dual = jnp.stack([r[1] for r in rows])  # [k, batch]

@@ -28,7 +28,6 @@ _NOT_YET_STRICT = frozenset(
         "test_cli",
         "test_notebooks",
         "test_objectives",
-        "test_pipeline",
         "test_quadrature",
         "test_radius_gradients",
         "test_training",
