@@ -46,7 +46,9 @@ unless asked (``download=True``, the command line's ``--download``):
     pipeline (``Resize(256)``, ``CenterCrop(224)``, ``ToTensor()``). Images are decoded lazily
     (``x`` is an :class:`ImageFolderArray`), so only the certified inputs are read.
 
-Pixels of these formats are divided by ``scale`` (default 255, so [0, 1]).
+Pixels of these formats are divided by ``scale`` (default 255, so [0, 1]). The decoders of the
+files themselves (:func:`read_cifar_batch`, :func:`read_idx`, :class:`ImageFolderArray`) and
+:class:`DatasetError` live in :mod:`smoothjax.app.dataset_readers` and are importable from here.
 
 A directory path is recognised by its contents (CIFAR batches, idx files or class folders). A
 path ending in ``.npz`` loads a user's file (:func:`load_npz`): arrays ``x`` (``[n,
@@ -58,11 +60,8 @@ clear (see :func:`resolve_layout`); integer pixels need an explicit ``scale``.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
-import importlib
 import os
-import pickle
 import re
 import shutil
 import tarfile
@@ -71,6 +70,8 @@ import urllib.request
 from collections.abc import Sequence
 
 import numpy as np
+
+from smoothjax.app.dataset_readers import DatasetError, ImageFolderArray, read_cifar_batch, read_idx
 
 BUILTIN_DATASETS = ("digits", "spirals", "swissroll")
 FILE_DATASETS = ("cifar10", "cifar100", "mnist", "imagenet", "imagefolder")
@@ -89,7 +90,6 @@ _CIFAR_LABEL_KEYS = {"cifar10": b"labels", "cifar100": b"fine_labels"}
 _CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 _MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 #: Official sources for ``download=True`` (URL, MD5 of the file).
 CIFAR10_URL = ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
@@ -100,10 +100,6 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
-
-
-class DatasetError(ValueError):
-    """A user-facing problem with a dataset (missing file, wrong keys, shapes or pixel units)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,8 +199,8 @@ def resolve_layout(shape: Sequence[int], layout: str | None, source: str = "x") 
         if layout not in LAYOUTS:
             raise DatasetError(f"unknown layout {layout!r}; use nhwc (channels last) or nchw (channels first).")
         if len(shape) != 4:
-            raise DatasetError(f"layout {layout} applies to 4-D image arrays [n, ...], but {source} has shape {list(shape)}; "
-                               "drop --layout.")
+            raise DatasetError(f"layout {layout} applies to 4-D image arrays [n, ...], but {source} has shape "
+                               f"{list(shape)}; drop --layout.")
         return layout
     if len(shape) != 4:
         return None
@@ -240,24 +236,29 @@ def load_npz(path: str, split: str = "train", *, layout: str | None = None, scal
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as err:  # noqa: BLE001  (any unreadable file is a user error here)
-        raise DatasetError(f"could not read {path!r} as a .npz file ({err}); save it with numpy.savez(path, x=..., y=...).") from None
+        raise DatasetError(f"could not read {path!r} as a .npz file ({err}); "
+                           "save it with numpy.savez(path, x=..., y=...).") from None
     with data:
         keys = set(data.files)
         x_key, y_key = ("x_test", "y_test") if split == "test" and {"x_test", "y_test"} <= keys else ("x", "y")
         missing = [k for k in (x_key, y_key) if k not in keys]
         if missing:
             raise DatasetError(
-                f"{path!r} has no array {missing[0]!r} (found: {sorted(keys)}); save it with numpy.savez(path, x=inputs, y=labels)."
+                f"{path!r} has no array {missing[0]!r} (found: {sorted(keys)}); "
+                "save it with numpy.savez(path, x=inputs, y=labels)."
             )
         x = np.asarray(data[x_key])
         y = np.asarray(data[y_key])
     if x.ndim < 2:
-        raise DatasetError(f"array 'x' in {path!r} has shape {x.shape}; it must be [num_examples, *input_shape], e.g. [n, 64] or [n, 8, 8, 1].")
+        raise DatasetError(f"array 'x' in {path!r} has shape {x.shape}; it must be [num_examples, *input_shape], "
+                           "e.g. [n, 64] or [n, 8, 8, 1].")
     if y.ndim != 1:
-        raise DatasetError(f"array 'y' in {path!r} has shape {y.shape}; it must be a 1-D array of integer labels [num_examples].")
+        raise DatasetError(f"array 'y' in {path!r} has shape {y.shape}; "
+                           "it must be a 1-D array of integer labels [num_examples].")
     if x.shape[0] != y.shape[0]:
         raise DatasetError(
-            f"arrays 'x' ({x.shape[0]} examples) and 'y' ({y.shape[0]} labels) in {path!r} differ in length; they must have one label per example."
+            f"arrays 'x' ({x.shape[0]} examples) and 'y' ({y.shape[0]} labels) in {path!r} differ in length; "
+            "they must have one label per example."
         )
     if x.shape[0] == 0:
         raise DatasetError(f"{path!r} holds no examples.")
@@ -289,51 +290,6 @@ def load_npz(path: str, split: str = "train", *, layout: str | None = None, scal
 # ------------------------------------------------------------------------------------------
 
 
-def _numpy_attr(modules: Sequence[str], name: str):
-    for module in modules:
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError(name)
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles only containers, bytes, numbers and NumPy arrays; any other global is refused."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): ("_reconstruct", ("numpy._core.multiarray", "numpy.core.multiarray")),
-        ("numpy._core.multiarray", "_reconstruct"): ("_reconstruct", ("numpy._core.multiarray", "numpy.core.multiarray")),
-        ("numpy", "ndarray"): ("ndarray", ("numpy",)),
-        ("numpy", "dtype"): ("dtype", ("numpy",)),
-    }
-
-    def find_class(self, module, name):
-        entry = self._ALLOWED.get((module, name))
-        if entry is None:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR batch holds only arrays and lists")
-        return _numpy_attr(entry[1], entry[0])
-
-
-def read_cifar_batch(path: str, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR python batch: ``(x [N, 32, 32, 3] uint8, y [N] int64)``; raises :class:`DatasetError`."""
-    try:
-        with open(path, "rb") as fh:
-            batch = _ArrayUnpickler(fh, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, ImportError, AttributeError, IndexError, KeyError) as err:
-        raise DatasetError(f"{path!r} is not a CIFAR python batch ({err}); use the 'python version' from the CIFAR page.") from None
-    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
-        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-        raise DatasetError(f"{path!r} is not a CIFAR python batch: it needs keys b'data' and {label_key!r} (found {keys}).")
-    data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[label_key])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
-        raise DatasetError(f"{path!r}: b'data' must be uint8 [N, 3072] with one label each (got {data.dtype} {list(data.shape)}, "
-                           f"{labels.size} labels).")
-    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # rows are the R, G, B 32x32 planes
-    return np.ascontiguousarray(x), labels.astype(np.int64)
-
-
 def load_cifar(root: str, split: str = "test", *, name: str = "cifar10", scale: float | None = None,
                download: bool = False) -> Dataset:
     """CIFAR-10 / CIFAR-100 python batches from ``root`` (see module doc): ``x [N, 32, 32, 3]`` / ``scale``."""
@@ -342,14 +298,18 @@ def load_cifar(root: str, split: str = "test", *, name: str = "cifar10", scale: 
     folder = _cifar_folder(root, name)
     if folder is None and download:
         if name != "cifar10":
-            raise DatasetError(f"--download fetches cifar10 and mnist only; place the {name} python batches in {root!r}.")
+            raise DatasetError("--download fetches cifar10 and mnist only; "
+                               f"place the {name} python batches in {root!r}.")
         download_cifar10(root)
         folder = _cifar_folder(root, name)
     if folder is None:
         files = ", ".join(_CIFAR_FILES[name][split])
-        raise DatasetError(f"{name} batches ({files}) not found in {root!r} or {os.path.join(root, _CIFAR_FOLDERS[name])!r}; "
-                           f"pass --dataset {name}:DIR with the python-version folder" + (", or add --download." if name == "cifar10" else "."))
-    xs, ys = zip(*(read_cifar_batch(os.path.join(folder, f), _CIFAR_LABEL_KEYS[name]) for f in _CIFAR_FILES[name][split]))
+        raise DatasetError(f"{name} batches ({files}) not found in {root!r} or "
+                           f"{os.path.join(root, _CIFAR_FOLDERS[name])!r}; "
+                           f"pass --dataset {name}:DIR with the python-version folder"
+                           + (", or add --download." if name == "cifar10" else "."))
+    xs, ys = zip(*(read_cifar_batch(os.path.join(folder, f), _CIFAR_LABEL_KEYS[name])
+                   for f in _CIFAR_FILES[name][split]))
     y = np.concatenate(ys)
     if y.size and (y.min() < 0 or y.max() >= _CIFAR_CLASSES[name]):
         raise DatasetError(f"labels in {folder!r} must lie in 0..{_CIFAR_CLASSES[name] - 1}.")
@@ -370,29 +330,6 @@ def _cifar_folder(root: str, name: str) -> str | None:
 # ------------------------------------------------------------------------------------------
 
 
-def read_idx(path: str) -> np.ndarray:
-    """An idx file (LeCun's MNIST format, gzipped when the name ends in ``.gz``) as a NumPy array.
-
-    Header: two zero bytes, a type byte (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D
-    float32, 0x0E float64), the number of dimensions, then each dimension as a big-endian uint32.
-    """
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as fh:
-            raw = fh.read()
-    except (OSError, EOFError) as err:
-        raise DatasetError(f"could not read {path!r} ({err}).") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path!r} is not an idx file (bad magic number); use the MNIST files as published.")
-    ndim = raw[3]
-    dims = np.frombuffer(raw, ">u4", count=ndim, offset=4).astype(np.int64) if len(raw) >= 4 + 4 * ndim else None
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    start = 4 + 4 * ndim
-    if dims is None or len(raw) - start != int(np.prod(dims)) * dtype.itemsize:
-        raise DatasetError(f"{path!r} is truncated or its header does not match its size.")
-    return np.frombuffer(raw, dtype, offset=start).reshape(tuple(dims)).astype(dtype.newbyteorder("="))
-
-
 def load_mnist(root: str, split: str = "test", *, scale: float | None = None, download: bool = False) -> Dataset:
     """MNIST idx files from ``root`` (plain or ``.gz``): ``x [N, 28, 28, 1]`` / ``scale`` (default 255)."""
     _check_split(split)
@@ -403,11 +340,12 @@ def load_mnist(root: str, split: str = "test", *, scale: float | None = None, do
         paths = [_find_idx(root, stem) for stem in _MNIST_FILES[split]]
     if None in paths:
         missing = _MNIST_FILES[split][paths.index(None)]
-        raise DatasetError(f"MNIST file {missing}[.gz] not found in {root!r}; pass --dataset mnist:DIR with the idx files, "
-                           "or add --download.")
+        raise DatasetError(f"MNIST file {missing}[.gz] not found in {root!r}; "
+                           "pass --dataset mnist:DIR with the idx files, or add --download.")
     images, labels = (read_idx(p) for p in paths)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise DatasetError(f"MNIST files in {root!r} do not fit together: images {list(images.shape)}, labels {list(labels.shape)}.")
+        raise DatasetError(f"MNIST files in {root!r} do not fit together: images {list(images.shape)}, "
+                           f"labels {list(labels.shape)}.")
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DatasetError(f"MNIST labels in {root!r} must lie in 0..9.")
@@ -432,74 +370,14 @@ def _dotted(stem: str) -> str:
 # ------------------------------------------------------------------------------------------
 
 
-class ImageFolderArray:
-    """A lazy ``[n, crop, crop, 3]`` float32 array of images, decoded when indexed.
-
-    ``arr[i]``, ``arr[a:b]``, ``arr[[i, j]]`` and boolean masks return NumPy arrays;
-    ``numpy.asarray(arr)`` decodes every image. Each image: RGB, shorter side resized to
-    ``resize`` (bilinear; the longer side ``int(resize * long / short)``), central ``crop`` x
-    ``crop`` cut (top-left corner at ``round((size - crop) / 2)``), divided by ``scale``.
-    """
-
-    def __init__(self, files: Sequence[str], *, resize: int = 256, crop: int = 224, scale: float = 255.0):
-        if crop > resize:
-            raise DatasetError(f"the crop ({crop}) must not exceed the resize ({resize}).")
-        self.files = list(files)
-        self.resize, self.crop, self.scale = int(resize), int(crop), float(scale)
-        self.dtype = np.dtype(np.float32)
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.files), self.crop, self.crop, 3)
-
-    @property
-    def ndim(self) -> int:
-        return 4
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            return self._load(self.files[int(index)])
-        ids = np.arange(len(self.files))[index]
-        return np.stack([self._load(self.files[i]) for i in np.atleast_1d(ids)]) if np.size(ids) else np.zeros((0, *self.shape[1:]), np.float32)
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[np.arange(len(self.files))]
-        return out if dtype is None else out.astype(dtype)
-
-    def reshape(self, *shape):
-        return np.asarray(self).reshape(*shape)
-
-    def _load(self, path: str) -> np.ndarray:
-        from PIL import Image
-
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                w, h = img.size
-                short, long = (w, h) if w <= h else (h, w)
-                new_long = int(self.resize * long / short)
-                size = (self.resize, new_long) if w <= h else (new_long, self.resize)
-                img = img.resize(size, Image.BILINEAR)
-                w, h = img.size
-                top = int(round((h - self.crop) / 2.0))
-                left = int(round((w - self.crop) / 2.0))
-                img = img.crop((left, top, left + self.crop, top + self.crop))
-                pixels = np.asarray(img, np.float32)
-        except OSError as err:
-            raise DatasetError(f"could not decode the image {path!r} ({err}).") from None
-        return pixels / np.float32(self.scale)
-
-
 def load_image_folder(root: str, split: str = "test", *, resize: int = 256, crop: int = 224,
                       scale: float | None = None) -> Dataset:
     """A class-folder tree (see module doc) as a lazy dataset ``x [N, crop, crop, 3]``."""
     _check_split(split)
     scale = _check_scale(scale) or 255.0
     if not os.path.isdir(root):
-        raise DatasetError(f"image folder {root!r} not found; pass --dataset imagenet:DIR with DIR/<class>/<image> files.")
+        raise DatasetError(f"image folder {root!r} not found; "
+                           "pass --dataset imagenet:DIR with DIR/<class>/<image> files.")
     base = root
     for candidate in (("train",) if split == "train" else ("val", "test")):
         if os.path.isdir(os.path.join(root, candidate)):
@@ -515,7 +393,8 @@ def load_image_folder(root: str, split: str = "test", *, resize: int = 256, crop
                     files.append(os.path.join(folder, name))
                     labels.append(index)
     if not files:
-        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {base!r}; it must hold one folder per class.")
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {base!r}; "
+                           "it must hold one folder per class.")
     x = ImageFolderArray(files, resize=resize, crop=crop, scale=scale)
     return Dataset(os.path.basename(os.path.normpath(root)), split, x, np.asarray(labels, np.int32), len(classes))
 
@@ -539,7 +418,8 @@ def _fetch(url: str, target: str, md5: str) -> None:
             raise DatasetError(f"the download of {url} has MD5 {digest.hexdigest()}, expected {md5}; try again later.")
         os.replace(tmp, target)
     except OSError as err:
-        raise DatasetError(f"could not download {url} ({err}); download it by hand into {os.path.dirname(target)!r}.") from None
+        raise DatasetError(f"could not download {url} ({err}); "
+                           f"download it by hand into {os.path.dirname(target)!r}.") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -557,7 +437,8 @@ def download_cifar10(root: str) -> str:
     if not os.path.isfile(archive):
         _fetch(url, archive, md5)
     with tarfile.open(archive, "r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and not os.path.isabs(m.name) and ".." not in m.name.split("/")]
+        members = [m for m in tar.getmembers()
+                   if m.isfile() and not os.path.isabs(m.name) and ".." not in m.name.split("/")]
         for member in members:
             source = tar.extractfile(member)
             target = os.path.join(root, *member.name.split("/"))
@@ -596,7 +477,8 @@ def download_mnist(root: str) -> str:
 
 def default_data_dir(name: str) -> str:
     """``$SMOOTHJAX_DATA_DIR/name``, default ``~/.cache/smoothjax/datasets/name``."""
-    base = os.environ.get("SMOOTHJAX_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "smoothjax", "datasets")
+    base = (os.environ.get("SMOOTHJAX_DATA_DIR")
+            or os.path.join(os.path.expanduser("~"), ".cache", "smoothjax", "datasets"))
     return os.path.join(base, name)
 
 
@@ -655,7 +537,8 @@ def load_dataset(name: str, split: str = "train", *, layout: str | None = None, 
             "mnist[:DIR], imagenet:DIR, a directory or a path to a .npz file with arrays 'x' and 'y'."
         )
     if layout is not None:
-        raise DatasetError(f"--layout applies to .npz arrays only; {kind_lower} images are read as [height, width, channels].")
+        raise DatasetError("--layout applies to .npz arrays only; "
+                           f"{kind_lower} images are read as [height, width, channels].")
     if kind_lower in ("cifar10", "cifar100"):
         return load_cifar(root, split, name=kind_lower, scale=scale, download=download)
     if kind_lower == "mnist":
@@ -663,7 +546,8 @@ def load_dataset(name: str, split: str = "train", *, layout: str | None = None, 
     if sep or os.path.isdir(root):
         _no_download(download, name)
         return load_image_folder(root, split, scale=scale)
-    raise DatasetError(f"{kind_lower} needs its folder: pass --dataset {kind_lower}:DIR with DIR/<class>/<image> files.")
+    raise DatasetError(f"{kind_lower} needs its folder: "
+                       f"pass --dataset {kind_lower}:DIR with DIR/<class>/<image> files.")
 
 
 def match_input_shape(data: Dataset, expected: Sequence[int]) -> Dataset:
@@ -677,7 +561,8 @@ def match_input_shape(data: Dataset, expected: Sequence[int]) -> Dataset:
     if have == want:
         return data
     squeeze = lambda s: tuple(d for d in s if d != 1)  # noqa: E731
-    if int(np.prod(have)) == int(np.prod(want)) and (len(have) == 1 or len(want) == 1 or squeeze(have) == squeeze(want)):
+    reshapable = len(have) == 1 or len(want) == 1 or squeeze(have) == squeeze(want)
+    if int(np.prod(have)) == int(np.prod(want)) and reshapable:
         x = np.asarray(data.x).reshape((len(data), *want))
         return Dataset(data.name, data.split, x, data.y, data.num_classes, data.note)
     raise DatasetError(
