@@ -8,8 +8,9 @@ and after it with ``--compare`` (same machine, same JAX):
 
 It evaluates every public certificate function (Clopper-Pearson, Cohen, SoS and its gradient-norm
 bound, dipole, Theorem 3 directional radius and p_lower, the l1 / linf / subspace radii, the
-gradient-norm bounds) on :func:`benchmarks.case_certificates._inputs` (fixed seed) and ``certify``
-with every method on a small fixed MLP, and reports per array whether it is bitwise equal, and
+gradient-norm bounds, the chaos deviation of both proven methods) on
+:func:`benchmarks.case_certificates._inputs` (fixed seed) and ``certify`` with every method on a
+small fixed MLP, and reports per array whether it is bitwise equal, and
 otherwise the largest relative difference and whether any value went up.
 """
 
@@ -57,8 +58,36 @@ def _arrays():
                      ("grad_linf_bounds", sj.grad_linf_bounds)):
         b = fn(za, zb, 5000, 5000, sigma=SIGMA, alpha=ALPHA)
         out[name + "_lower"], out[name + "_upper"] = b.lower, b.upper
+    out.update(_chaos_arrays(sj, za, zb))
     out.update(_certify_arrays(sj))
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+CHAOS_DIMS = (1, 2, 7, 49, 784, 3072, 150_528, 1_000_000)
+
+
+def _chaos_arrays(sj, za, zb):
+    """``chaos_deviation`` (both proven methods) and the gradient-norm bounds built on it.
+
+    Tails from 1e-300 (the Chernoff rate's root next to 1) to 0.5, dimensions 1 to 10^6, and
+    proxies over eight decades.
+    """
+    from benchmarks.case_certificates import ALPHA, SIGMA
+
+    k1 = np.array([1e-9, 1e-6, 3e-4, 0.02, 0.5, 1.0, 7.0, 1e3])[:, None]
+    k2 = np.array([2e-8, 1e-5, 1e-4, 0.3, 0.25, 1.0, 0.1, 4e2])[:, None]
+    tail = np.array([1e-300, 1e-100, 1e-30, 1e-12, 1e-6, 2.5e-4, 0.01, 0.1, 0.25, 0.5])
+    out = {}
+    for method in ("bernstein", "chernoff"):
+        for dim in CHAOS_DIMS:
+            out[f"chaos_{method}_d{dim}"] = sj.chaos_deviation(k1, k2, dim=dim, alpha_tail=tail, method=method)
+        alphas = np.array([1e-12, 1e-6, ALPHA, 0.05, 0.5])[:, None]
+        for sub in (None, 1, 4):
+            b = sj.grad_l2_bounds(za, zb, 5000, 3000, sigma=SIGMA, alpha=alphas, method=method, subspace_dim=sub)
+            out[f"grad_l2_{method}_s{sub}_lower"], out[f"grad_l2_{method}_s{sub}_upper"] = b.lower, b.upper
+        out[f"grad_dual_l2_{method}"] = sj.grad_dual_norm_upper(za, zb, 500, 500, sigma=SIGMA, alpha=ALPHA, p=2,
+                                                               method=method, subspace_dim=3)
+    return out
 
 
 def _certify_arrays(sj):
