@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{train,certify,merge,analyze,demo}", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("train", help="train a classifier (Gaussian augmentation, MACER, Consistency, SmoothAdv or certificate-aware)")
+    p = sub.add_parser("train", help="train a classifier (Gaussian augmentation, MACER, Consistency, SmoothAdv "
+                                     "or certificate-aware)")
     _add_dataset_args(p)
     p.add_argument("--arch", default="mlp", help="mlp | cnn")
     p.add_argument("--hidden", default=None, help="comma-separated hidden widths (mlp), e.g. 128,128")
@@ -90,12 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("certify", help="certify inputs with chosen methods and write a Cohen-style TSV")
     _add_certify_args(p)
-    p.add_argument("--out", required=True, help="TSV path to write (rows are appended as inputs finish; settings in OUT.json)")
+    p.add_argument("--out", required=True,
+                   help="TSV path to write (rows are appended as inputs finish; settings in OUT.json)")
     p.add_argument("--resume", action="store_true",
-                   help="continue OUT: skip the inputs already written (the settings must be the same); starts OUT if missing")
+                   help="continue OUT: skip the inputs already written (the settings must be the same); "
+                        "starts OUT if missing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT instead of refusing")
     p.add_argument("--shard", default=None, metavar="I/K",
-                   help="certify only the inputs at positions p with p %% K == I (one of K independent jobs; join with merge)")
+                   help="certify only the inputs at positions p with p %% K == I "
+                        "(one of K independent jobs; join with merge)")
     p.add_argument("--format", default="smoothjax", choices=("smoothjax", "cohen"),
                    help="smoothjax: a radius column per method (default); cohen: Cohen et al.'s columns for one method")
     p.add_argument("--cohen-method", default=None,
@@ -109,22 +113,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="certified accuracy vs radius plots and a markdown table from TSVs")
     p.add_argument("tsv", nargs="+",
-                   help="TSVs written by `smoothjax certify`, Cohen et al.'s logs (idx label predict radius correct time), "
+                   help="TSVs written by `smoothjax certify`, "
+                        "Cohen et al.'s logs (idx label predict radius correct time), "
                         "the second paper's logs (N_<n>, second_order_N_<n>, dipole_N_<n>), or directories of them")
     p.add_argument("--out", default="smoothjax-analysis", help="output directory (default: smoothjax-analysis)")
     p.add_argument("--radii", default=",".join(f"{r:g}" for r in SUMMARY_RADII), help="radii for the table")
     p.add_argument("--method", default=None,
-                   help="method name for logs with a single radius column (default cohen_l2, or what a second-paper file name says)")
-    p.add_argument("--sigma", type=float, default=None, help="noise level of the logs (default: from OUT.json or the path)")
-    p.add_argument("--n", type=int, default=None, help="estimation samples of the logs (default: from OUT.json or the file name)")
+                   help="method name for logs with a single radius column "
+                        "(default cohen_l2, or what a second-paper file name says)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="noise level of the logs (default: from OUT.json or the path)")
+    p.add_argument("--n", type=int, default=None,
+                   help="estimation samples of the logs (default: from OUT.json or the file name)")
     p.add_argument("--alpha", type=float, default=None,
                    help="failure probability of the logs (default: from OUT.json; needed for HighProb accuracy)")
     p.add_argument("--rho", type=float, default=0.001,
-                   help="HighProb accuracy holds with probability >= 1 - RHO over the certification noise (default 0.001)")
+                   help="HighProb accuracy holds with probability >= 1 - RHO over the certification noise "
+                        "(default 0.001)")
 
     p = sub.add_parser("demo", help="certify + analyze a digits subset with the shipped model")
     p.add_argument("--out", default="smoothjax-demo", help="output directory (default: smoothjax-demo)")
-    p.add_argument("--max-inputs", type=int, default=DEMO_INPUTS, help=f"test inputs to certify (default {DEMO_INPUTS})")
+    p.add_argument("--max-inputs", type=int, default=DEMO_INPUTS,
+                   help=f"test inputs to certify (default {DEMO_INPUTS})")
     p.add_argument("--n", type=int, default=DEMO_N, help=f"samples for estimation (default {DEMO_N})")
     p.add_argument("--seed", type=int, default=0)
     return parser
@@ -132,15 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_dataset_args(p):
     p.add_argument("--dataset", default="digits",
-                   help="digits | spirals | swissroll | cifar10[:DIR] | cifar100[:DIR] | mnist[:DIR] | imagenet:DIR (class folders) "
-                        "| a directory of one of these | path/to/data.npz (arrays x, y)")
+                   help="digits | spirals | swissroll | cifar10[:DIR] | cifar100[:DIR] | mnist[:DIR] "
+                        "| imagenet:DIR (class folders) | a directory of one of these | path/to/data.npz (arrays x, y)")
     p.add_argument("--layout", default=None, choices=("nhwc", "nchw"),
                    help="layout of a 4-D .npz image array; needed when its channel axis cannot be told from the shape")
     p.add_argument("--scale", type=float, default=None,
-                   help="divide the inputs by SCALE: required for integer (uint8) .npz pixels, e.g. 255 maps 0..255 to [0, 1]; "
-                        "image formats default to 255")
+                   help="divide the inputs by SCALE: required for integer (uint8) .npz pixels, "
+                        "e.g. 255 maps 0..255 to [0, 1]; image formats default to 255")
     p.add_argument("--download", action="store_true",
-                   help="fetch cifar10 or mnist from the official source when the files are missing (nothing is downloaded otherwise)")
+                   help="fetch cifar10 or mnist from the official source when the files are missing "
+                        "(nothing is downloaded otherwise)")
 
 
 def _dataset_options(args) -> dict:
@@ -150,26 +161,29 @@ def _dataset_options(args) -> dict:
 
 def _add_certify_args(p):
     p.add_argument("--model", default=None,
-                   help="checkpoint from `smoothjax train` (.msgpack or Orbax directory) or a PyTorch checkpoint (.pth / .pth.tar) "
-                        "of an --arch (default: the shipped digits model)")
+                   help="checkpoint from `smoothjax train` (.msgpack or Orbax directory) "
+                        "or a PyTorch checkpoint (.pth / .pth.tar) of an --arch (default: the shipped digits model)")
     p.add_argument("--arch", default=None,
-                   help="architecture of a PyTorch --model: cifar_resnet20, cifar_resnet110, resnet50, mnist_net, small_mnist_net, "
-                        "small_mnist_pca_net, swiss_roll_net (default: the checkpoint's 'arch' field)")
+                   help="architecture of a PyTorch --model: cifar_resnet20, cifar_resnet110, resnet50, mnist_net, "
+                        "small_mnist_net, small_mnist_pca_net, swiss_roll_net (default: the checkpoint's 'arch' field)")
     p.add_argument("--model-fn", default=None, metavar="MODULE:FACTORY",
-                   help="certify any Flax model: FACTORY() (or FACTORY(MODEL) with --model) in an importable module returns "
-                        "(apply_fn, params) or (apply_fn, params, config)")
+                   help="certify any Flax model: FACTORY() (or FACTORY(MODEL) with --model) "
+                        "in an importable module returns (apply_fn, params) or (apply_fn, params, config)")
     _add_dataset_args(p)
     p.add_argument("--split", default="test", help="train | test (default test)")
-    p.add_argument("--sigma", type=float, default=None, help="noise std (default: the sigma the model was trained with)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="noise std (default: the sigma the model was trained with)")
     p.add_argument("--n0", type=int, default=100, help="samples for selecting the top class (default 100)")
     p.add_argument("--n", type=int, default=10_000, help="samples for estimation (default 10000)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
-    p.add_argument("--batch-size", type=int, default=1000, help="noise samples per input per model call (even for sos/dipole; default 1000)")
+    p.add_argument("--batch-size", type=int, default=1000,
+                   help="noise samples per input per model call (even for sos/dipole; default 1000)")
     p.add_argument("--methods", default="cohen,sos,dipole,l1,linf",
                    help="comma-separated: cohen, sos, dipole, l1, linf, subspace (default: all but subspace)")
     p.add_argument("--subspace", default=None,
-                   help="pixel mask for the subspace l2 threat model (default top when subspace is requested): 'top', 'bottom', 'left', 'right', "
-                        "'centre' (image halves / central quarter) or a .npy boolean mask of the input shape")
+                   help="pixel mask for the subspace l2 threat model (default top when subspace is requested): "
+                        "'top', 'bottom', 'left', 'right', 'centre' (image halves / central quarter) "
+                        "or a .npy boolean mask of the input shape")
     p.add_argument("--max-inputs", type=int, default=None, help="certify at most this many inputs")
     p.add_argument("--skip", type=int, default=1, help="certify every SKIP-th input (default 1)")
     p.add_argument("--inputs-per-call", type=int, default=10,
@@ -195,7 +209,8 @@ def parse_methods(text: str) -> tuple[str, ...]:
         canonical = METHOD_ALIASES.get(name, name.replace("-", "_"))
         if canonical not in ALL_METHODS + ("subspace_l2", "top2_l2"):
             raise UsageError(
-                f"unknown method {raw.strip()!r}; use a comma-separated list of cohen, sos, dipole, l1, linf, subspace, top2."
+                f"unknown method {raw.strip()!r}; "
+                "use a comma-separated list of cohen, sos, dipole, l1, linf, subspace, top2."
             )
         if canonical not in out:
             out.append(canonical)
@@ -244,7 +259,8 @@ def _check_certify_numbers(*, sigma, n0, n, alpha, batch_size):
     _check_positive("--n", n, integer=True)
     _check_positive("--batch-size", batch_size, integer=True)
     if n0 > n:
-        raise UsageError(f"--n0 ({n0}) must not exceed --n ({n}); n0 samples select the class, n (more) samples certify it.")
+        raise UsageError(f"--n0 ({n0}) must not exceed --n ({n}); "
+                         "n0 samples select the class, n (more) samples certify it.")
     if n < 2:
         raise UsageError(f"--n must be at least 2 (pairs of samples are needed), got {n}.")
     if not (0 < alpha < 1):
@@ -258,7 +274,8 @@ def subspace_mask(spec: str | None, input_shape: Sequence[int]) -> np.ndarray | 
     shape = tuple(input_shape)
     if spec.endswith(".npy"):
         if not os.path.isfile(spec):
-            raise UsageError(f"subspace mask file {spec!r} not found; save a boolean array of shape {shape} with numpy.save.")
+            raise UsageError(f"subspace mask file {spec!r} not found; "
+                             f"save a boolean array of shape {shape} with numpy.save.")
         mask = np.load(spec, allow_pickle=False)
         if mask.shape != shape and mask.size != int(np.prod(shape)):
             raise UsageError(f"subspace mask {spec!r} has shape {mask.shape}, but inputs have shape {shape}.")
@@ -302,7 +319,8 @@ def cmd_train(args) -> int:
         try:
             widths = [int(w) for w in args.hidden.split(",")]
         except ValueError:
-            raise UsageError(f"--hidden must be comma-separated integers such as 128,128, got {args.hidden!r}.") from None
+            raise UsageError(f"--hidden must be comma-separated integers such as 128,128, "
+                             f"got {args.hidden!r}.") from None
         config["hidden"] = widths[0] if args.arch == "cnn" else widths
     _check_positive("--checkpoint-every", args.checkpoint_every, integer=True)
     options = _parse_options(args.objective_option)
@@ -318,8 +336,7 @@ def cmd_train(args) -> int:
 
     config["training"] = {
         "dataset": args.dataset, "sigma": args.sigma, "objective": args.objective, "objective_options": options,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
     }
     start = time.perf_counter()
     try:
@@ -350,8 +367,8 @@ def cmd_train(args) -> int:
 
 def run_certify(
     *, model_path, dataset, split, sigma, n0, n, alpha, batch_size, methods, subspace, max_inputs, skip,
-    inputs_per_call, seed, out, progress=True, dataset_options=None, resume=False, overwrite=False, shard=None, tsv_format="smoothjax",
-    format_method=None, command=None, arch=None, model_fn=None, rows_per_call=None,
+    inputs_per_call, seed, out, progress=True, dataset_options=None, resume=False, overwrite=False, shard=None,
+    tsv_format="smoothjax", format_method=None, command=None, arch=None, model_fn=None, rows_per_call=None,
 ):
     """Certify a dataset split into ``out`` (TSV + ``out.json``); returns ``(table, timing dict, sigma)``.
 
@@ -379,7 +396,8 @@ def run_certify(
     expected = tuple(config["input_shape"])
     data = datasets.match_input_shape(data, expected)  # flattening only: never reorders axes
     if data.num_classes > config["num_classes"]:
-        raise UsageError(f"{dataset!r} has labels up to {data.num_classes - 1} but the model has {config['num_classes']} classes.")
+        raise UsageError(f"{dataset!r} has labels up to {data.num_classes - 1} "
+                         f"but the model has {config['num_classes']} classes.")
     if "subspace_l2" in methods and subspace is None:
         subspace = "top"
     mask = subspace_mask(subspace, expected) if "subspace_l2" in methods else None
@@ -428,7 +446,8 @@ def print_summary(table, timing, *, radii=SUMMARY_RADII, file=None) -> None:
     if this_run == 0:
         line = f"\nsummary: {len(table.label)} inputs, all certified by earlier runs (nothing left to do"
     else:
-        line = (f"\nsummary: {len(table.label)} inputs" + (f" ({this_run} processed in this run)" if this_run != len(table.label) else "")
+        line = (f"\nsummary: {len(table.label)} inputs"
+                + (f" ({this_run} processed in this run)" if this_run != len(table.label) else "")
                 + f"; {this_run} in {timing['total_s']:.1f} s: {timing['per_input_s']:.4f} s per input "
                 f"(the first call, {timing['first_call_s']:.1f} s, includes compilation")
         if np.isfinite(timing["steady_per_input_s"]):
@@ -440,8 +459,8 @@ def print_summary(table, timing, *, radii=SUMMARY_RADII, file=None) -> None:
     for m in table.methods:
         acc = analysis.certified_accuracy(table, m, radii)
         cells = "  ".join(f"{a:<7.3f}" for a in acc)
-        print(f"  {m.ljust(width)}  {analysis.threat_model(m):<11}  {cells}  {analysis.average_certified_radius(table, m):.3f}",
-              file=file)
+        acr = analysis.average_certified_radius(table, m)
+        print(f"  {m.ljust(width)}  {analysis.threat_model(m):<11}  {cells}  {acr:.3f}", file=file)
     print("  (certified accuracy: fraction of inputs classified correctly with radius >= r; "
           "ACR: average certified radius)", file=file)
     if timing.get("dataset_note"):
@@ -474,17 +493,19 @@ def cmd_certify(args) -> int:
 
     try:
         table, timing, sigma = run_certify(
-            model_path=args.model, dataset=args.dataset, dataset_options=_dataset_options(args), split=args.split, sigma=args.sigma, n0=args.n0, n=args.n,
-            alpha=args.alpha, batch_size=args.batch_size, methods=parse_methods(args.methods), subspace=args.subspace,
-            max_inputs=args.max_inputs, skip=args.skip, inputs_per_call=args.inputs_per_call, seed=args.seed,
-            out=args.out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite, shard=args.shard,
-            tsv_format=args.format, format_method=args.cohen_method, command=sys.argv, arch=args.arch, model_fn=args.model_fn,
+            model_path=args.model, dataset=args.dataset, dataset_options=_dataset_options(args), split=args.split,
+            sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
+            methods=parse_methods(args.methods), subspace=args.subspace, max_inputs=args.max_inputs, skip=args.skip,
+            inputs_per_call=args.inputs_per_call, seed=args.seed, out=args.out, progress=not args.quiet,
+            resume=args.resume, overwrite=args.overwrite, shard=args.shard, tsv_format=args.format,
+            format_method=args.cohen_method, command=sys.argv, arch=args.arch, model_fn=args.model_fn,
             rows_per_call=parse_rows_per_call(args.rows_per_call),
         )
     except JobInterrupted as stop:  # SIGTERM / SIGINT: the rows written so far are kept
         print(f"smoothjax certify: {stop}", file=sys.stderr)
         return 128 + stop.signum
-    print(f"wrote {timing['out']} and {timing['out']}.json (sigma={sigma}, n0={args.n0}, n={args.n}, alpha={args.alpha})")
+    print(f"wrote {timing['out']} and {timing['out']}.json "
+          f"(sigma={sigma}, n0={args.n0}, n={args.n}, alpha={args.alpha})")
     print_summary(table, timing)
     return 0
 
@@ -509,7 +530,7 @@ def _distinct_names(paths: Sequence[str]) -> list[str]:
     names = list(stems)
     for stem in {s for s in stems if stems.count(s) > 1}:
         group = [i for i, s in enumerate(stems) if s == stem]
-        dirs = [os.path.normpath(os.path.abspath(paths[i])).split(os.sep)[-2::-1] for i in group]  # nearest folder first
+        dirs = [os.path.normpath(os.path.abspath(paths[i])).split(os.sep)[-2::-1] for i in group]  # nearest first
         depth = max(len(d) for d in dirs)
         keep: list[int] = []
         for k in range(depth):  # add differing folders, nearest first, until the names are unique
@@ -525,7 +546,7 @@ def _distinct_names(paths: Sequence[str]) -> list[str]:
 
 def run_analyze(paths: Sequence[str], out_dir: str, radii=SUMMARY_RADII, *, method: str | None = None,
                 settings: dict | None = None, rho: float = 0.001) -> list[str]:
-    """Figures, ``summary.md`` and ``summary.tex`` for certification logs; returns the written paths (the markdown last).
+    """Figures, ``summary.md`` and ``summary.tex`` for certification logs; returns the written paths (markdown last).
 
     ``paths`` may name directories (every log directly inside). ``method`` names the radius of
     single-radius logs; ``settings`` (``sigma`` / ``n`` / ``alpha``) override what the logs' sidecars
@@ -588,12 +609,13 @@ def cmd_demo(args) -> int:
     tsv = os.path.join(out, "digits_sigma0.25.tsv")
     print(f"smoothjax demo: certifying the first {args.max_inputs} digits test images with the shipped model "
           f"({os.path.basename(models.default_model_path())}), sigma=0.25, n0={min(DEMO_N0, args.n)}, n={args.n}, "
-          f"alpha=0.001, methods cohen, sos, dipole, first-order l1 / linf / subspace (top half of the image)", flush=True)
+          "alpha=0.001, methods cohen, sos, dipole, first-order l1 / linf / subspace (top half of the image)",
+          flush=True)
     table, timing, _ = run_certify(
         model_path=None, dataset="digits", split="test", sigma=0.25, n0=min(DEMO_N0, args.n), n=args.n, alpha=0.001,
-        batch_size=min(DEMO_BATCH, args.n - args.n % 2 or 2), methods=DEMO_METHODS, subspace="top", max_inputs=args.max_inputs, skip=1,
-        inputs_per_call=max(1, args.max_inputs // 10), seed=args.seed, out=tsv, overwrite=True, command=sys.argv,
-        rows_per_call=parse_rows_per_call("auto"),
+        batch_size=min(DEMO_BATCH, args.n - args.n % 2 or 2), methods=DEMO_METHODS, subspace="top",
+        max_inputs=args.max_inputs, skip=1, inputs_per_call=max(1, args.max_inputs // 10), seed=args.seed, out=tsv,
+        overwrite=True, command=sys.argv, rows_per_call=parse_rows_per_call("auto"),
     )
     print_summary(table, timing)
     written = run_analyze([tsv], out)
