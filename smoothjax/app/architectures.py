@@ -10,17 +10,20 @@ are in pixel units, as in Cohen et al.'s ``NormalizeLayer``. BatchNorm runs in i
 
 Architectures (``--arch`` names are those of the reference code):
 
-============================  =====================  ==============  =================================
-name                          input ``[H, W, C]``    normalisation   reference
-============================  =====================  ==============  =================================
-``cifar_resnet20``            ``[32, 32, 3]``        CIFAR-10        Cohen et al. 2019, ``archs/cifar_resnet.py`` (depth 6n+2, BasicBlock, widths 16/32/64)
-``cifar_resnet110``           ``[32, 32, 3]``        CIFAR-10        same, depth 110
-``resnet50``                  ``[224, 224, 3]``      ImageNet        torchvision ``resnet50`` (Bottleneck, stride in the 3x3 conv)
-``mnist_net``                 ``[28, 28, 1]``        MNIST           Levine & Feizi's second-order repository, ``archs/mnist_classifier.py``
-``small_mnist_net``           ``[7, 7, 1]``          small MNIST     same repository, ``archs/small_mnist_classifier.py``
-``small_mnist_pca_net``       ``[10]``               none            same repository, ``archs/small_mnist_pca_classifier.py``
-``swiss_roll_net``            ``[2]``                none            same repository, ``archs/swiss_roll_classifier.py``
-============================  =====================  ==============  =================================
+=======================  =====================  ==============  =================================
+name                     input ``[H, W, C]``    normalisation   reference
+=======================  =====================  ==============  =================================
+``cifar_resnet20``       ``[32, 32, 3]``        CIFAR-10        Cohen et al. 2019, ``archs/cifar_resnet.py``
+                                                                (depth 6n+2, BasicBlock, widths 16/32/64)
+``cifar_resnet110``      ``[32, 32, 3]``        CIFAR-10        same, depth 110
+``resnet50``             ``[224, 224, 3]``      ImageNet        torchvision ``resnet50``
+                                                                (Bottleneck, stride in the 3x3 conv)
+``mnist_net``            ``[28, 28, 1]``        MNIST           Levine & Feizi's second-order repository,
+                                                                ``archs/mnist_classifier.py``
+``small_mnist_net``      ``[7, 7, 1]``          small MNIST     same repository, ``archs/small_mnist_classifier.py``
+``small_mnist_pca_net``  ``[10]``               none            same repository, ``archs/small_mnist_pca_classifier.py``
+``swiss_roll_net``       ``[2]``                none            same repository, ``archs/swiss_roll_classifier.py``
+=======================  =====================  ==============  =================================
 
 Cohen et al.: "Certified Adversarial Robustness via Randomized Smoothing" (ICML 2019), code
 github.com/locuslab/smoothing. Levine, Kumar, Goldstein & Feizi: "Tight Second-Order Certificates
@@ -85,7 +88,8 @@ class Normalize(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.dataset is None:
             return x
-        mean, std = (jnp.asarray(c, self.dtype).reshape((1,) * (x.ndim - 1) + (-1,)) for c in NORMALIZATION[self.dataset])
+        mean, std = (jnp.asarray(c, self.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+                     for c in NORMALIZATION[self.dataset])
         return (x - mean) / std
 
 
@@ -108,7 +112,8 @@ def _images(x: jax.Array, dtype: Any, channels: int) -> jax.Array:
     if x.ndim == 3 and channels == 1:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] != channels:
-        raise ArchitectureError(f"expected images [batch, H, W, {channels}] (channels last), got shape {list(x.shape)}.")
+        raise ArchitectureError(f"expected images [batch, H, W, {channels}] (channels last), "
+                                f"got shape {list(x.shape)}.")
     return x
 
 
@@ -136,7 +141,8 @@ class BasicBlock(nn.Module):
         out = _bn("bn2", self.dtype)(_conv(self.planes, 3, 1, 1, "conv2", self.dtype)(out))
         residual = x
         if self.downsample:
-            residual = _bn("downsample_1", self.dtype)(_conv(self.planes, 1, self.stride, 0, "downsample_0", self.dtype)(x))
+            residual = _bn("downsample_1", self.dtype)(
+                _conv(self.planes, 1, self.stride, 0, "downsample_0", self.dtype)(x))
         return nn.relu(out + residual)
 
 
@@ -155,7 +161,8 @@ class Bottleneck(nn.Module):
         out = _bn("bn3", self.dtype)(_conv(4 * self.planes, 1, 1, 0, "conv3", self.dtype)(out))
         residual = x
         if self.downsample:
-            residual = _bn("downsample_1", self.dtype)(_conv(4 * self.planes, 1, self.stride, 0, "downsample_0", self.dtype)(x))
+            residual = _bn("downsample_1", self.dtype)(
+                _conv(4 * self.planes, 1, self.stride, 0, "downsample_0", self.dtype)(x))
         return nn.relu(out + residual)
 
 

@@ -93,7 +93,8 @@ def default_config(architecture: str, input_shape: Sequence[int], num_classes: i
         extra = {"features": [16, 32], "hidden": 64}
     else:
         raise ModelError(f"unknown architecture {architecture!r}; use one of {', '.join(ARCHITECTURES)}.")
-    return {"architecture": architecture, "input_shape": [int(s) for s in input_shape], "num_classes": int(num_classes), **extra}
+    return {"architecture": architecture, "input_shape": [int(s) for s in input_shape],
+            "num_classes": int(num_classes), **extra}
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
@@ -103,8 +104,10 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         return MLP(hidden=tuple(config["hidden"]), num_classes=int(config["num_classes"]))
     if arch == "cnn":
         if len(config["input_shape"]) not in (2, 3):
-            raise ModelError(f"the cnn needs image inputs [H, W] or [H, W, C], got input shape {config['input_shape']}; use --arch mlp.")
-        return SmallCNN(features=tuple(config["features"]), hidden=int(config["hidden"]), num_classes=int(config["num_classes"]))
+            raise ModelError(f"the cnn needs image inputs [H, W] or [H, W, C], "
+                             f"got input shape {config['input_shape']}; use --arch mlp.")
+        return SmallCNN(features=tuple(config["features"]), hidden=int(config["hidden"]),
+                        num_classes=int(config["num_classes"]))
     raise ModelError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES)}.")
 
 
@@ -137,10 +140,11 @@ def save_model(path: str, config: dict[str, Any], params: Any) -> None:
 
 
 def load_model(path: str):
-    """Load a checkpoint written by :func:`save_model` (msgpack file or Orbax directory) -> ``(apply_fn, params, config)``.
+    """Load a checkpoint written by :func:`save_model` (msgpack file or Orbax directory).
 
-    ``apply_fn(params, x_batch) -> logits [batch, num_classes]``; raises :class:`ModelError` (a
-    ``ValueError``) when the file is missing or is not a smoothjax checkpoint.
+    Returns ``(apply_fn, params, config)``, with ``apply_fn(params, x_batch) -> logits [batch,
+    num_classes]``; raises :class:`ModelError` (a ``ValueError``) when the file is missing or is not
+    a smoothjax checkpoint.
     """
     from flax import serialization
 
@@ -148,7 +152,8 @@ def load_model(path: str):
         config, params = _load_orbax(path)
         return build_model(config).apply, params, config
     if not os.path.isfile(path):
-        raise ModelError(f"model file {path!r} not found; train one with `smoothjax train --out {path}` or pass an existing checkpoint.")
+        raise ModelError(f"model file {path!r} not found; "
+                         f"train one with `smoothjax train --out {path}` or pass an existing checkpoint.")
     try:
         with open(path, "rb") as fh:
             blob = serialization.msgpack_restore(fh.read())
@@ -196,13 +201,15 @@ def _save_orbax(path: str, config: dict[str, Any], params: Any) -> None:
 
 def _load_orbax(path: str) -> tuple[dict[str, Any], Any]:
     ocp = _orbax()
-    not_ours = ModelError(f"{path!r} is a directory but not a smoothjax Orbax checkpoint; create one with `smoothjax train`.")
+    not_ours = ModelError(f"{path!r} is a directory but not a smoothjax Orbax checkpoint; "
+                          "create one with `smoothjax train`.")
     if not (os.path.isdir(os.path.join(path, "config")) and os.path.isdir(os.path.join(path, "params"))):
         raise not_ours
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
             restored = checkpointer.restore(
-                os.path.abspath(path), args=ocp.args.Composite(params=ocp.args.StandardRestore(), config=ocp.args.JsonRestore())
+                os.path.abspath(path),
+                args=ocp.args.Composite(params=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()),
             )
         blob, params = restored.config, restored.params
         if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
@@ -272,7 +279,8 @@ def load_model_fn(spec: str, model_path: str | None = None):
                          f"apply_fn(params, x_batch) -> logits; got {type(apply_fn).__name__} first.")
     extra = rest[0] if rest else {}
     if not isinstance(extra, dict):
-        raise ModelError(f"--model-fn {spec!r}: the third item {attr} returns must be a config dict, got {type(extra).__name__}.")
+        raise ModelError(f"--model-fn {spec!r}: the third item {attr} returns must be a config dict, "
+                         f"got {type(extra).__name__}.")
     config = {"input_shape": None, "num_classes": None, **extra, "source": {"format": "model-fn", "model_fn": spec}}
     return apply_fn, params, config
 
@@ -330,7 +338,8 @@ def load_for_certify(
 
     if model_fn is not None:
         if arch is not None:
-            raise ModelError("--arch names a built-in architecture for PyTorch checkpoints; it cannot be combined with --model-fn.")
+            raise ModelError("--arch names a built-in architecture for PyTorch checkpoints; "
+                             "it cannot be combined with --model-fn.")
         return load_model_fn(model_fn, model)
     if arch is not None:
         architectures.arch_spec(arch)  # unknown names fail before the checkpoint is read

@@ -104,7 +104,8 @@ class _Storage:
 
     __slots__ = ("key", "dtype", "numel", "_load", "_array")
 
-    def __init__(self, key: str, dtype: np.dtype, numel: int | None, load: Callable[[str, np.dtype, int | None], np.ndarray]):
+    def __init__(self, key: str, dtype: np.dtype, numel: int | None,
+                 load: Callable[[str, np.dtype, int | None], np.ndarray]):
         self.key, self.dtype, self.numel, self._load, self._array = key, dtype, numel, load, None
 
     def array(self) -> np.ndarray:
@@ -133,7 +134,8 @@ class TensorRef:
             return np.zeros(self.shape, data.dtype)
         last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride))
         if self.offset < 0 or last >= data.size:
-            raise CheckpointError(f"a tensor of shape {list(self.shape)} reaches past the end of its storage (truncated file?).")
+            raise CheckpointError(f"a tensor of shape {list(self.shape)} reaches past the end of its storage "
+                                  "(truncated file?).")
         view = np.lib.stride_tricks.as_strided(
             data[self.offset:], shape=self.shape, strides=[s * data.itemsize for s in self.stride], writeable=False
         )
@@ -205,7 +207,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         ...     RestrictedUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
         ... except UnsafeCheckpointError as err:
         ...     print(err)
-        the checkpoint's pickle references builtins.eval, which is not a tensor or a plain container; refusing to load it (loading it could run code).
+        the checkpoint's pickle references builtins.eval, which is not a tensor or a plain container;
+        refusing to load it (loading it could run code).
     """
 
     def __init__(self, file, load_storage: Callable[[str, np.dtype, int | None], np.ndarray] | None = None,
@@ -282,7 +285,8 @@ def _open_zip(path: str) -> Iterator[Any]:
             raw = zf.read(member)
             count = len(raw) // dtype.itemsize
             if numel is not None and count < numel:
-                raise CheckpointError(f"{path!r}: storage {key!r} has {count} elements, expected {numel} (truncated file?).")
+                raise CheckpointError(f"{path!r}: storage {key!r} has {count} elements, expected {numel} "
+                                      "(truncated file?).")
             return np.frombuffer(raw, dtype, count)
 
         yield _restricted_load(io.BytesIO(zf.read(pickles[0])), load_storage=load, byteorder=byteorder)
@@ -296,7 +300,8 @@ def _open_legacy(path: str) -> Iterator[Any]:
             raise CheckpointError(f"{path!r} is a pickle but not a PyTorch checkpoint (no torch.save magic number).")
         protocol = _restricted_load(fh)
         if protocol != LEGACY_PROTOCOL:
-            raise CheckpointError(f"{path!r} uses PyTorch's legacy protocol {protocol!r}; only {LEGACY_PROTOCOL} is supported.")
+            raise CheckpointError(f"{path!r} uses PyTorch's legacy protocol {protocol!r}; "
+                                  f"only {LEGACY_PROTOCOL} is supported.")
         sys_info = _restricted_load(fh)
         byteorder = "little" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) else "big"
         offsets: dict[str, tuple[int, int]] = {}
@@ -361,7 +366,8 @@ def _open(path: str) -> Iterator[Any]:
     if kind == "tar":
         raise CheckpointError(f"{path!r} uses PyTorch's pre-0.4 tar format; re-save it with a newer torch.save.")
     if kind == "unknown":
-        raise CheckpointError(f"{path!r} is not a PyTorch checkpoint (neither torch.save's zip nor its legacy pickle format).")
+        raise CheckpointError(f"{path!r} is not a PyTorch checkpoint "
+                              "(neither torch.save's zip nor its legacy pickle format).")
     opener = _open_zip if kind == "zip" else _open_legacy
     try:
         with opener(path) as obj:
@@ -416,7 +422,8 @@ def read_state_dict(path: str) -> tuple[collections.OrderedDict, dict[str, Any]]
             info = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, (str, int, float, bool))}
         if state is None:
             fields = ", ".join(map(repr, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
-            raise CheckpointError(f"{path!r} holds no state_dict (found {fields}); save model.state_dict() or {{'state_dict': ...}}.")
+            raise CheckpointError(f"{path!r} holds no state_dict (found {fields}); "
+                                  "save model.state_dict() or {'state_dict': ...}.")
         out = collections.OrderedDict()
         for key, value in state.items():
             if isinstance(value, TensorRef):
@@ -443,14 +450,16 @@ def strip_wrapper_prefixes(
 
     Example:
         >>> import numpy as np
-        >>> sd, names = strip_wrapper_prefixes({"1.module.fc.weight": np.zeros((10, 64)), "1.module.fc.bias": np.zeros(10)})
+        >>> sd, names = strip_wrapper_prefixes({"1.module.fc.weight": np.zeros((10, 64)),
+        ...                                     "1.module.fc.bias": np.zeros(10)})
         >>> list(sd), names["fc.bias"]
         (['fc.weight', 'fc.bias'], '1.module.fc.bias')
     """
     items = [(k, k, v) for k, v in state_dict.items()]  # (current key, original key, value)
     while items:
         heads = {k.split(".", 1)[0] for k, _, _ in items}
-        if all("." in k for k, _, _ in items) and len(heads) == 1 and (heads == {"module"} or next(iter(heads)).isdigit()):
+        if (all("." in k for k, _, _ in items) and len(heads) == 1
+                and (heads == {"module"} or next(iter(heads)).isdigit())):
             items = [(k.split(".", 1)[1], o, v) for k, o, v in items]
             continue
         if len(heads) == 2 and all(h.isdigit() for h in heads) and all("." in k for k, _, _ in items):
@@ -475,7 +484,8 @@ def _check_normalization(buffers: list[tuple[str, str, np.ndarray]], arch: str |
         if want is None or got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-6):
             raise CheckpointError(
                 f"the checkpoint's normalisation layer has {original} = {np.round(got, 4).tolist()}, but {arch} "
-                f"normalises with {None if want is None else np.round(want, 4).tolist()}; the model would see other inputs."
+                f"normalises with {None if want is None else np.round(want, 4).tolist()}; "
+                "the model would see other inputs."
             )
 
 
@@ -547,7 +557,10 @@ def _torch_shape(flax_shape: tuple[int, ...], how: str) -> tuple[int, ...]:
 
 
 def _torch_name(path: tuple[str, ...]) -> str:
-    """Inverse of the renaming, for messages: ``("params", "layer1_0", "conv1", "kernel")`` -> ``layer1.0.conv1.weight``."""
+    """Inverse of the renaming, for messages.
+
+    ``("params", "layer1_0", "conv1", "kernel")`` -> ``layer1.0.conv1.weight``.
+    """
     collection, *modules, leaf = path
     leaf = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}.get(leaf, leaf)
     parts = []
@@ -643,6 +656,7 @@ def load_torch_model(
         "architecture": arch,
         "input_shape": list(spec.input_shape),
         "num_classes": int(num_classes),
-        "source": {"format": "pytorch", "path": os.path.basename(path), **{k: v for k, v in info.items() if k != "state_dict"}},
+        "source": {"format": "pytorch", "path": os.path.basename(path),
+                   **{k: v for k, v in info.items() if k != "state_dict"}},
     }
     return model.apply, variables, config
