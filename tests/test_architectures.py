@@ -85,15 +85,16 @@ def test_normalisation_is_the_first_layer():
     model = architectures.get_architecture("small_mnist_net")
     variables = architectures.init_variables("small_mnist_net", jax.random.key(0))
     images = jax.random.uniform(jax.random.key(3), (2, 7, 7, 1), jnp.float32)
-    capture = jax.jit(lambda v, a: model.apply(v, a, capture_intermediates=lambda mdl, _: isinstance(mdl, architectures.Normalize),
-                                               mutable=["intermediates"])[1])
+    is_normalize = lambda mdl, _: isinstance(mdl, architectures.Normalize)
+    capture = jax.jit(lambda v, a: model.apply(v, a, capture_intermediates=is_normalize, mutable=["intermediates"])[1])
     (seen,) = jax.tree_util.tree_leaves(capture(variables, images)["intermediates"])
     mean, std = architectures.NORMALIZATION["small_mnist"]
     np.testing.assert_allclose(seen, (np.asarray(images) - mean) / std, rtol=1e-6)
 
 
 def test_unknown_architecture_and_bad_inputs_raise():
-    with pytest.raises(architectures.ArchitectureError, match="unknown architecture 'resnet18'; use one of cifar_resnet20"):
+    with pytest.raises(architectures.ArchitectureError,
+                       match="unknown architecture 'resnet18'; use one of cifar_resnet20"):
         architectures.get_architecture("resnet18")
     with pytest.raises(architectures.ArchitectureError, match="6n \\+ 2"):
         architectures.CifarResNet(21).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32))

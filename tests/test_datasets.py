@@ -282,7 +282,8 @@ def test_image_folder_resize_crop_and_class_order(tmp_path):
     first = data.x[0]
     top, left = round((512 - 224) / 2), round((256 - 224) / 2)
     np.testing.assert_array_equal(first * np.float32(255), tall[top: top + 224, left: left + 224].astype(np.float32))
-    np.testing.assert_allclose(data.x[1] * 255, np.broadcast_to(np.array([10, 200, 30], np.float32), (224, 224, 3)), atol=1e-4)
+    np.testing.assert_allclose(data.x[1] * 255, np.broadcast_to(np.array([10, 200, 30], np.float32), (224, 224, 3)),
+                               atol=1e-4)
     batch = data.x[np.array([2, 0])]
     assert batch.shape == (2, 224, 224, 3) and batch.dtype == np.float32 and 0 <= batch.min() and batch.max() <= 1
     np.testing.assert_array_equal(batch[1], first)

@@ -76,7 +76,8 @@ def _cifar_resnet20_checkpoint(path, *, record_arch=True):
 def test_torch_checkpoint_detected_with_or_without_arch(tmp_path):
     path, state = _cifar_resnet20_checkpoint(tmp_path / "checkpoint.pth.tar")
     _, recorded, config = models.load_for_certify(path)  # arch from the checkpoint's "arch" field
-    assert config["architecture"] == "cifar_resnet20" and config["input_shape"] == [32, 32, 3] and config["num_classes"] == 10
+    assert config["architecture"] == "cifar_resnet20"
+    assert config["input_shape"] == [32, 32, 3] and config["num_classes"] == 10
     _, named, _ = models.load_for_certify(path, arch="cifar_resnet20")
     jax.tree_util.tree_map(np.testing.assert_array_equal, recorded, named)
     np.testing.assert_array_equal(named["params"]["layer3_2"]["conv2"]["kernel"],
@@ -166,7 +167,8 @@ def test_model_fn_errors(user_module, factory, message):
 
 def test_model_fn_wrong_output_and_arch_combination(user_module):
     apply_fn, params, config = models.load_for_certify(model_fn=f"{user_module}:wrong_output")
-    with pytest.raises(models.ModelError, match=r"must return logits \[batch, num_classes\]; for a batch of 1 it returned \[1, 2, 2\]"):
+    message = r"must return logits \[batch, num_classes\]; for a batch of 1 it returned \[1, 2, 2\]"
+    with pytest.raises(models.ModelError, match=message):
         models.complete_config(config, apply_fn, params, (8, 8, 1))
     with pytest.raises(models.ModelError, match="cannot be combined with --model-fn"):
         models.load_for_certify(model_fn=f"{user_module}:factory", arch="mnist_net")
@@ -176,7 +178,8 @@ def test_model_fn_wrong_output_and_arch_combination(user_module):
 # the command line
 # ------------------------------------------------------------------------------------------
 
-CERTIFY_FAST = ["--n0", "8", "--n", "16", "--batch-size", "16", "--methods", "cohen", "--inputs-per-call", "2", "--quiet"]
+CERTIFY_FAST = ["--n0", "8", "--n", "16", "--batch-size", "16", "--methods", "cohen", "--inputs-per-call", "2",
+                "--quiet"]
 
 
 def _tiny_cifar(tmp_path):
@@ -189,8 +192,9 @@ def _tiny_cifar(tmp_path):
 def test_cli_certifies_a_pytorch_cifar_resnet(tmp_path, capsys):
     path, _ = _cifar_resnet20_checkpoint(tmp_path / "cohen.pth.tar")
     out = tmp_path / "cert.tsv"
-    code, stdout, stderr = _run(["certify", "--model", path, "--arch", "cifar_resnet20", "--dataset", _tiny_cifar(tmp_path),
-                                 "--sigma", "0.25", *CERTIFY_FAST, "--out", str(out)], capsys)
+    argv = ["certify", "--model", path, "--arch", "cifar_resnet20", "--dataset", _tiny_cifar(tmp_path),
+            "--sigma", "0.25", *CERTIFY_FAST, "--out", str(out)]
+    code, stdout, stderr = _run(argv, capsys)
     assert code == 0, stderr
     rows = [line for line in out.read_text().splitlines() if line and not line.startswith("#")]
     assert len(rows) == 3  # header + 2 inputs
@@ -214,24 +218,30 @@ def _evil_checkpoint(tmp_path):
 
     path = tmp_path / "evil.pth.tar"
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("archive/data.pkl", pickle.dumps({"arch": "cifar_resnet20", "state_dict": {"w": Evil()}}, protocol=2))
+        zf.writestr("archive/data.pkl",
+                    pickle.dumps({"arch": "cifar_resnet20", "state_dict": {"w": Evil()}}, protocol=2))
     return str(path)
 
 
 CLI_ERRORS = [
-    (lambda t: ["--model", _cifar_resnet20_checkpoint(t / "c.pth")[0], "--arch", "resnet18"], "unknown architecture 'resnet18'"),
+    (lambda t: ["--model", _cifar_resnet20_checkpoint(t / "c.pth")[0], "--arch", "resnet18"],
+     "unknown architecture 'resnet18'"),
     (lambda t: ["--model", _cifar_resnet20_checkpoint(t / "c.pth")[0], "--arch", "cifar_resnet110"],
      "checkpoint does not match cifar_resnet110: it lacks parameter '1.layer1.3.conv1.weight'"),
     (lambda t: ["--model", _cifar_resnet20_checkpoint(t / "c.pth", record_arch=False)[0]], "pass --arch"),
-    (lambda t: ["--model", _evil_checkpoint(t)], "references posix.system" if os.name == "posix" else "refusing to load"),
+    (lambda t: ["--model", _evil_checkpoint(t)],
+     "references posix.system" if os.name == "posix" else "refusing to load"),
     (lambda t: ["--model-fn", "no_such_module_xyz:factory"], "cannot import module 'no_such_module_xyz'"),
-    (lambda t: ["--model-fn", "smoothjax_user_models_for_tests:not_a_pair"], "must return (apply_fn, params)"),
-    (lambda t: ["--model-fn", "smoothjax_user_models_for_tests:wrong_output"], "must return logits [batch, num_classes]"),
+    (lambda t: ["--model-fn", "smoothjax_user_models_for_tests:not_a_pair"],
+     "must return (apply_fn, params)"),
+    (lambda t: ["--model-fn", "smoothjax_user_models_for_tests:wrong_output"],
+     "must return logits [batch, num_classes]"),
 ]
 
 
 @pytest.mark.parametrize("make_args, message", CLI_ERRORS, ids=[
-    "unknown-arch", "arch-mismatch", "no-arch", "malicious-pickle", "model-fn-import", "model-fn-return", "model-fn-output"])
+    "unknown-arch", "arch-mismatch", "no-arch", "malicious-pickle", "model-fn-import", "model-fn-return",
+    "model-fn-output"])
 def test_cli_model_errors_are_one_line_exit_2(make_args, message, tmp_path, capsys, user_module):
     code, _, err = _run(["certify", *make_args(tmp_path), "--dataset", _tiny_cifar(tmp_path), "--sigma", "0.25",
                          "--out", str(tmp_path / "o.tsv")], capsys)

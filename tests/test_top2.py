@@ -77,7 +77,8 @@ def test_monotone_and_positive_below_one_half():
     assert r_b[-1] == pytest.approx(float(cohen_radius(0.6, 1.0)), rel=1e-13)  # pb capped at 1 - pa
     assert float(top2_radius(0.3, 0.3, sigma=1.0)) == 0.0 and float(top2_radius(0.3, 0.31, sigma=1.0)) == 0.0
     # never below Cohen's radius at the same pa (the pB = 1 - pA form is included)
-    np.testing.assert_array_less(np.asarray(cohen_radius(pa, 1.0)) - 1e-12, np.asarray(top2_radius(pa, 0.9, sigma=1.0)) + 1e-15)
+    np.testing.assert_array_less(np.asarray(cohen_radius(pa, 1.0)) - 1e-12,
+                                 np.asarray(top2_radius(pa, 0.9, sigma=1.0)) + 1e-15)
 
 
 def test_float32_inputs_are_promoted():

@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import torch_reference as ref
-from smoothjax.app import architectures, torch_checkpoint as tc
+
+from smoothjax.app import architectures
+from smoothjax.app import torch_checkpoint as tc
 
 DATA = pathlib.Path(__file__).parent / "data" / "torch"
 REAL_TORCH = ("cifar_resnet20", "mnist_net", "small_mnist_net", "small_mnist_pca_net", "swiss_roll_net")
@@ -85,7 +86,8 @@ def test_fixture_formats_and_wrappers(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LARGE, reason="set SMOOTHJAX_TORCH_LARGE_FIXTURES to a directory from make_torch_fixtures.py --large")
+@pytest.mark.skipif(not LARGE,
+                    reason="set SMOOTHJAX_TORCH_LARGE_FIXTURES to a directory from make_torch_fixtures.py --large")
 @pytest.mark.parametrize("arch", ["cifar_resnet110", "resnet50"])
 def test_real_torch_large_checkpoints(arch):
     with np.load(os.path.join(LARGE, f"{arch}_logits.npz")) as npz:
@@ -149,7 +151,8 @@ def test_resnet50_names_and_layouts_cover_torchvision():
     np.testing.assert_array_equal(variables["batch_stats"]["layer1_0"]["downsample_1"]["var"],
                                   state["layer1.0.downsample.1.running_var"])
     np.testing.assert_array_equal(variables["params"]["bn1"]["scale"], state["bn1.weight"])
-    n_params = sum(v.size for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    n_params = sum(v.size for k, v in state.items() if not k.endswith(buffers))
     assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(variables["params"])) == n_params == 25_557_032
 
 
@@ -159,7 +162,8 @@ def test_strided_half_and_scalar_tensors(tmp_path):
     sliced = ref.StridedTensor(base, offset=5, shape=(2,), stride=(3,))
     half = np.array([1.5, -2.25], np.float16)
     path = str(tmp_path / "misc.pt")
-    ref.write_torch_zip(path, {"t": transposed, "s": sliced, "h": half, "n": np.array(7, np.int64), "x": [1, 2.5, None, True]})
+    ref.write_torch_zip(path, {"t": transposed, "s": sliced, "h": half, "n": np.array(7, np.int64),
+                               "x": [1, 2.5, None, True]})
     got = tc.load_torch_checkpoint(path)
     np.testing.assert_array_equal(got["t"], base.reshape(3, 4).T)
     np.testing.assert_array_equal(got["s"], [5.0, 8.0])
@@ -244,10 +248,14 @@ def test_no_arch_recorded_or_unknown(tmp_path):
 @pytest.mark.parametrize(
     "fixture, arch, message",
     [
-        ("mnist_net", "small_mnist_net", r"parameter '1\.conv1\.weight' has shape \[16, 1, 4, 4\], but small_mnist_net needs \[4, 1, 2, 2\]"),
-        ("cifar_resnet20", "cifar_resnet110", r"it lacks parameter '1\.module\.layer1\.3\.conv1\.weight' \(shape \[16, 16, 3, 3\]\)"),
-        ("swiss_roll_net", "mnist_net", r"parameter '1\.lin1\.weight' has shape \[10, 2\], but mnist_net needs \[100, 1568\]"),
-        ("small_mnist_pca_net", "swiss_roll_net", r"parameter 'lin1\.weight' has shape \[100, 10\], but swiss_roll_net needs \[10, 2\]"),
+        ("mnist_net", "small_mnist_net",
+         r"parameter '1\.conv1\.weight' has shape \[16, 1, 4, 4\], but small_mnist_net needs \[4, 1, 2, 2\]"),
+        ("cifar_resnet20", "cifar_resnet110",
+         r"it lacks parameter '1\.module\.layer1\.3\.conv1\.weight' \(shape \[16, 16, 3, 3\]\)"),
+        ("swiss_roll_net", "mnist_net",
+         r"parameter '1\.lin1\.weight' has shape \[10, 2\], but mnist_net needs \[100, 1568\]"),
+        ("small_mnist_pca_net", "swiss_roll_net",
+         r"parameter 'lin1\.weight' has shape \[100, 10\], but swiss_roll_net needs \[10, 2\]"),
     ],
 )
 def test_architecture_mismatch_names_the_first_parameter(fixture, arch, message, tmp_path):
@@ -259,7 +267,8 @@ def test_architecture_mismatch_names_the_first_parameter(fixture, arch, message,
 def test_extra_parameter_is_named(tmp_path):
     state = ref.random_state_dict("cifar_resnet110", seed=3)
     path = _write(ref.write_torch_zip, tmp_path / "c110.pth", "cifar_resnet110", state, prefix="1.")
-    with pytest.raises(tc.CheckpointError, match=r"it has parameter '1\.layer1\.3\.conv1\.weight' .* which cifar_resnet20 does not have"):
+    with pytest.raises(tc.CheckpointError,
+                       match=r"it has parameter '1\.layer1\.3\.conv1\.weight' .* which cifar_resnet20 does not have"):
         tc.load_torch_model(path, "cifar_resnet20")
 
 

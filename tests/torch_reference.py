@@ -107,7 +107,8 @@ class _Pickler:
 
     def save_tensor(self, tensor) -> None:
         if isinstance(tensor, StridedTensor):
-            base, offset, shape, stride = np.ascontiguousarray(tensor.base).reshape(-1), tensor.offset, tensor.shape, tensor.stride
+            base = np.ascontiguousarray(tensor.base).reshape(-1)
+            offset, shape, stride = tensor.offset, tensor.shape, tensor.stride
         else:
             base = np.ascontiguousarray(tensor).reshape(-1)
             offset, shape = 0, tensor.shape
@@ -194,7 +195,7 @@ def state_dict_shapes(arch: str, num_classes: int | None = None) -> collections.
     elif arch == "resnet50":
         _conv_bn(sd, "conv1", 3, 64, 7, "bn1")
         inplanes = 64
-        for stage, (planes, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), start=1):
+        for stage, (planes, blocks, _stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), start=1):
             for i in range(blocks):
                 p = f"layer{stage}.{i}"
                 _conv_bn(sd, f"{p}.conv1", inplanes, planes, 1, f"{p}.bn1")
