@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from scipy.special import ndtr, roots_hermitenorm
 from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint

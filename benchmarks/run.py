@@ -100,7 +100,6 @@ def _log(msg: str) -> None:
 def run_cases(mode: str, only=None, log=_log, partial_path=None) -> dict:
     """Run the selected cases in ``mode`` and return the JSON-able report."""
     import smoothjax  # noqa: F401  (turns on x64 before anything is traced)
-
     from benchmarks import case_certificates, case_compile, case_overhead, case_sampling
     from benchmarks.common import machine_info
 
@@ -182,7 +181,8 @@ def table_rows(report) -> list[list[str]]:
         notes = []
         errors = r.get("errors") or {}
         if "ours_max_abs_error" in errors:
-            notes.append(f"max err {errors['ours_max_abs_error']:.1e} (baseline {errors.get('baseline_max_abs_error', float('nan')):.1e})")
+            baseline_error = errors.get("baseline_max_abs_error", float("nan"))
+            notes.append(f"max err {errors['ours_max_abs_error']:.1e} (baseline {baseline_error:.1e})")
         elif "reference" in errors:
             notes.append(str(errors["reference"]))
         if "overhead_pct" in r:

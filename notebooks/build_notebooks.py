@@ -71,7 +71,7 @@ R = np.asarray(jax.jit(theorem3.directional_radius)(jnp.asarray(Q), jnp.asarray(
 print(f"{R.size} directional radii in {time.perf_counter() - start:.1f} s")
 cohen = np.asarray(norm.ppf(np.asarray(y0s)))
 np.savez(FIG_DIR / "higher_order_fig1_radii.npz", y0s=y0s, nus=nus, phis=phis, R=R)  # checked by tests/test_notebooks.py
-''',
+''',  # noqa: E501  (cell code, as in the committed notebooks)
     '''# Properties the paper lists (i-iii), checked on the computed radii:
 for i, q in enumerate(y0s):
     for j, nu in enumerate(nus):
@@ -110,7 +110,7 @@ for i, q in enumerate(y0s):
         if dents:
             print(f"y0 = {q}, nu = {nu}: {dents} non-convex vertices of the sampled boundary")
 print("R toward +x (away from y1):", np.round(R[:, :, 0], 3))
-''',
+''',  # noqa: E501  (cell code, as in the committed notebooks)
     '''fig, axes = plt.subplots(len(y0s), len(nus), figsize=(3.0 * len(nus), 3.0 * len(y0s)))
 lim = 4.0
 for i, q in enumerate(y0s):
@@ -138,7 +138,7 @@ def slice_area(r):
     return 2 * 0.5 * np.trapezoid(r ** 2, phis)
 for i, q in enumerate(y0s):
     print(f"y0 = {q}: area ratio", [round(float(slice_area(R[i, j]) / (np.pi * cohen[i] ** 2)), 2) for j in range(len(nus))])
-''',
+''',  # noqa: E501  (cell code, as in the committed notebooks)
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ run = training.train(train, sigma=SIGMA, config={"architecture": "mlp", "input_s
                      "hidden": [64, 64]}, epochs=150, batch_size=100, learning_rate=3e-3, seed=0)
 print(f"trained in {time.perf_counter() - start:.1f} s; test accuracy {training.accuracy(run.apply_fn, run.params, test.x, test.y):.3f},"
       f" under noise {training.accuracy(run.apply_fn, run.params, test.x, test.y, sigma=SIGMA):.3f}")
-""",
+""",  # noqa: E501  (cell code, as in the committed notebooks)
     """start = time.perf_counter()
 res = pipeline.certify(run.apply_fn, run.params, test.x, jax.random.key(0), sigma=SIGMA, n0=100, n=N_CERT,
                        alpha=0.001, batch_size=5000, methods=("cohen_l2", "sos_l2"))
@@ -281,7 +281,7 @@ gain = sos - cohen
 print(f"SoS > Cohen on {(gain > 1e-9).sum()} points; SoS < Cohen on {(gain < -1e-9).sum()} (SoS spends alpha/2 on p)")
 bound = np.asarray(res.bounds["sos_grad_norm_upper"])[good]
 print(f"gradient-norm upper bound / largest possible gradient: median {np.median(bound / np.asarray(certificates.max_grad_norm(np.asarray(res.p_lower['sos_l2'])[good], SIGMA))):.2f}")
-""",
+""",  # noqa: E501  (cell code, as in the committed notebooks)
     """# A selection of points: per class, the 4 certified points farthest from the other class's
 # test points plus 5 spread at random.
 rng = np.random.default_rng(0)
@@ -318,7 +318,7 @@ for c in (0, 1):
 assert np.all(ideal_sos >= ideal_cohen - 1e-9)
 np.savez(FIG_DIR / "swiss_roll_radii.npz", sigma=SIGMA, n=N_CERT, alpha=0.001, label=test.y, prediction=pred,
          cohen=cohen, sos=sos, chosen=chosen, p_hat=p_hat, grad_norm=gnorm, ideal_cohen=ideal_cohen, ideal_sos=ideal_sos)
-""",
+""",  # noqa: E501  (cell code, as in the committed notebooks)
     """colors = {0: ("#d62728", "#f4a6a6"), 1: ("#1f77b4", "#a6c8f0")}
 g = np.linspace(-1.25, 1.25, 200)
 XX, YY = np.meshgrid(g, g)
@@ -341,7 +341,7 @@ for ax, (rc, rs, title) in zip(axes, [(cohen[chosen], sos[chosen], f"certified, 
 fig.suptitle(f"Swiss Roll, sigma = {SIGMA}: Cohen radius (dark ring) and SoS radius (light ring)")
 fig.tight_layout()
 save(fig, "swiss_roll_sos_vs_cohen")
-""",
+""",  # noqa: E501  (cell code, as in the committed notebooks)
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -400,7 +400,7 @@ axes[1].set_xlabel("Cohen l2 radius"); axes[1].set_ylabel("l1 radius"); axes[1].
 axes[1].set_title("first-order l1 vs Cohen")
 fig.tight_layout()
 save(fig, "digits_radius_scatter")
-''',
+''',  # noqa: E501  (cell code, as in the committed notebooks)
 ]
 
 

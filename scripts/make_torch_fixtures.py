@@ -82,7 +82,8 @@ class Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = None
         if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(planes))
 
     def forward(self, x):
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
@@ -213,8 +214,9 @@ def _record(path: str, x: torch.Tensor, logits: torch.Tensor, logits64: np.ndarr
     x = x.numpy()
     if x.ndim == 4:
         x = np.transpose(x, (0, 2, 3, 1))  # NCHW -> NHWC
-    np.savez(path, x=np.ascontiguousarray(x, np.float32), logits=logits.numpy().astype(np.float32), logits_float64=logits64,
-             torch_version=np.array(torch.__version__), prefix=np.array(prefix), format=np.array(fmt))
+    np.savez(path, x=np.ascontiguousarray(x, np.float32), logits=logits.numpy().astype(np.float32),
+             logits_float64=logits64, torch_version=np.array(torch.__version__), prefix=np.array(prefix),
+             format=np.array(fmt))
 
 
 def small_fixtures(out: str) -> None:
@@ -278,7 +280,8 @@ def large_fixtures(out: str) -> None:
         x = _inputs(shape, 1, generator)
         with torch.no_grad():
             logits = model(x)
-        _save({"arch": arch, "state_dict": model.state_dict(), "epoch": 90}, os.path.join(out, f"{arch}.pth.tar"), legacy=False)
+        _save({"arch": arch, "state_dict": model.state_dict(), "epoch": 90}, os.path.join(out, f"{arch}.pth.tar"),
+              legacy=False)
         _record(os.path.join(out, f"{arch}_logits.npz"), x, logits, _logits64(model, x), prefix, "zip")
         print(f"{arch}: written to {out}")
 
@@ -286,7 +289,8 @@ def large_fixtures(out: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=OUT, help="directory of the small fixtures (default tests/data/torch)")
-    parser.add_argument("--large", default=None, metavar="DIR", help="also write resnet50 / cifar_resnet110 fixtures to DIR")
+    parser.add_argument("--large", default=None, metavar="DIR",
+                        help="also write resnet50 / cifar_resnet110 fixtures to DIR")
     args = parser.parse_args()
     torch.manual_seed(SEED)
     small_fixtures(args.out)
