@@ -99,7 +99,6 @@ def _log(msg: str) -> None:
 
 def run_cases(mode: str, only=None, log=_log, partial_path=None) -> dict:
     """Run the selected cases in ``mode`` and return the JSON-able report."""
-    import smoothjax  # noqa: F401  (turns on x64 before anything is traced)
     from benchmarks import case_certificates, case_compile, case_overhead, case_sampling
     from benchmarks.common import machine_info
 
