@@ -1,8 +1,11 @@
 """Bisection on the IEEE-754 order of floats, and moving an approximate root to its safe side.
 
-Private; shared by the certificate modules. Every radius solve that needs a guaranteed side of its
-root ends here: :func:`bisect` returns the lower end of its bracket (the end that satisfies the
-invariant ``fn <= 0``), never the midpoint, and :func:`safe_side` moves a Newton iterate there.
+Private; shared by the certificate modules and :mod:`smoothjax.gradient_bounds`. Every solve that
+needs a guaranteed side of its root ends here: :func:`bisect_bracket` closes a bracket of a
+monotone predicate to adjacent floats and returns both ends, :func:`bisect` returns the lower end
+(the end that satisfies the invariant ``fn <= 0``), never the midpoint, and :func:`safe_side`
+moves a Newton iterate there. A caller whose safe side is the upper end takes it from
+:func:`bisect_bracket`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from jax import lax
 __all__ = [
     "BISECTION_MAX_STEPS",
     "bisect",
+    "bisect_bracket",
     "from_ordered_int",
     "ordered_int",
     "safe_side",
@@ -34,35 +38,57 @@ def from_ordered_int(k, dtype):
     return lax.bitcast_convert_type(bits.astype(itype), dtype)
 
 
-def bisect(fn, lo, hi, max_steps=BISECTION_MAX_STEPS):
-    """Vectorised bisection for an increasing ``fn`` with ``fn(lo) <= 0 < fn(hi)``; returns ``lo``.
+def bisect_bracket(above, lo, hi, max_steps=BISECTION_MAX_STEPS):
+    """Vectorised bisection of a monotone predicate; returns the final bracket ``(lo, hi)``.
+
+    ``above(x)`` is a boolean array, False below a threshold and True from it on, with
+    ``above(lo)`` False and ``above(hi)`` True (neither end is evaluated; an end that breaks this
+    simply stays put). ``lo`` and ``hi`` are float32 or float64 arrays of one shape and dtype (any
+    signs), and ``above(x)`` has their shape.
 
     Bisects on the integer order of the floats (their IEEE-754 bit patterns), so every step
     halves the number of representable numbers in the bracket: it closes to adjacent floats in at
-    most 64 steps (32 in float32) wherever the root lies, including roots near 0 where halving
-    the value would need ~1075 steps. The returned lower end always satisfies the invariant (or
-    is the initial ``lo``), so for solves where "larger root = larger radius" it is the safe end.
+    most 64 steps (32 in float32) wherever the threshold lies, including thresholds near 0 where
+    halving the value would need ~1075 steps. Each end keeps its invariant throughout: the
+    returned ``lo`` has ``above`` False (or is the initial ``lo``), the returned ``hi`` has it True
+    (or is the initial ``hi``). Where ``above`` is monotone in floating point, the closed bracket
+    is the unique pair of adjacent floats around the threshold, whatever the path to it (XLA on
+    CPU flushes subnormals to zero, so a predicate that reads them need not be monotone there).
     """
     dtype = lo.dtype
     lo_k = ordered_int(lo)
     hi_k = ordered_int(jnp.asarray(hi, dtype))
 
+    def is_open(lo_k, hi_k):
+        return hi_k - 1 > lo_k  # hi_k - lo_k > 1 without overflow when the ends have opposite signs
+
     def cond(state):
         step, lo_k, hi_k = state
-        return (step < max_steps) & jnp.any(hi_k - lo_k > 1)
+        return (step < max_steps) & jnp.any(is_open(lo_k, hi_k))
 
     def body(state):
         step, lo_k, hi_k = state
         # floor((lo + hi) / 2) without overflow for integers of either sign
         mid_k = (lo_k >> 1) + (hi_k >> 1) + (lo_k & hi_k & 1)
-        open_ = hi_k - lo_k > 1
-        below = fn(from_ordered_int(mid_k, dtype)) <= 0.0
-        lo_k = jnp.where(open_ & below, mid_k, lo_k)
-        hi_k = jnp.where(open_ & ~below, mid_k, hi_k)
+        open_ = is_open(lo_k, hi_k)
+        up = above(from_ordered_int(mid_k, dtype))
+        lo_k = jnp.where(open_ & ~up, mid_k, lo_k)
+        hi_k = jnp.where(open_ & up, mid_k, hi_k)
         return step + 1, lo_k, hi_k
 
-    _, lo_k, _ = lax.while_loop(cond, body, (0, lo_k, hi_k))
-    return from_ordered_int(lo_k, dtype)
+    _, lo_k, hi_k = lax.while_loop(cond, body, (0, lo_k, hi_k))
+    return from_ordered_int(lo_k, dtype), from_ordered_int(hi_k, dtype)
+
+
+def bisect(fn, lo, hi, max_steps=BISECTION_MAX_STEPS):
+    """Vectorised bisection for an increasing ``fn`` with ``fn(lo) <= 0 < fn(hi)``; returns ``lo``.
+
+    :func:`bisect_bracket` of the predicate ``not fn(x) <= 0`` (a NaN counts as above), keeping
+    the lower end: it always satisfies the invariant ``fn <= 0`` (or is the initial ``lo``), so
+    for solves where "larger root = larger radius" it is the safe end.
+    """
+    lo, _ = bisect_bracket(lambda x: ~(fn(x) <= 0.0), lo, hi, max_steps)
+    return lo
 
 
 def safe_side(fn, x, slope, margin, lo):

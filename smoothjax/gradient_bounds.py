@@ -60,7 +60,8 @@ The chaos deviation ``t`` for ``P(xi.eta < -t) <= alpha/2`` (``L = log(2/alpha)`
                        (the first branch whenever ``L <= D/2``): ``t = sqrt(4 k1 k2 D L)``.
 ``"chernoff"``         (proven, tighter) the exact Chernoff bound of the chaos MGF above:
                        ``t = sqrt(kappa) s`` with ``sup_lam lam s + (D/2) log(1 - lam^2) = L``
-                       (solved by bisection in ``lax.fori_loop``; the safe end is returned).
+                       (solved by bisection on the float order to adjacent floats; the safe,
+                       larger end is returned).
                        ~``sqrt(2 D L)`` for large ``D``, i.e. ~0.71x the Bernstein ``t``.
 ``"paper_theorem5"``   as printed in Theorem 5: ``t = sqrt(sqrt(2) kappa D L)``, with the printed
                        denominators ``sqrt(1 + eps^2 -+ eps)``. NOT a valid bound for general
@@ -126,6 +127,7 @@ from jax.typing import ArrayLike
 from smoothjax._config import as_float, float_dtype
 from smoothjax._deprecation import keyword_only_shim
 from smoothjax._normal import max_grad as _max_grad
+from smoothjax._roots import bisect_bracket as _bisect_bracket
 from smoothjax._validation import (
     check_alpha,
     check_at_least_one,
@@ -159,7 +161,6 @@ SUBGAUSSIAN_CONSTANT = 0.25 + 3.0 / math.sqrt(8.0 * math.pi * math.e)
 #: Accepted ``method`` names (see the module docstring).
 METHODS = ("bernstein", "chernoff", "paper_theorem5", "paper_table1")
 _PROVEN = ("bernstein", "chernoff")
-_BISECTION_STEPS = 64
 _WIDEN = 16  # final relative widening, in units of eps
 
 
@@ -250,7 +251,9 @@ def _chernoff_chaos(dim, log_inv):
     """``s`` with ``sup_lam lam s + (D/2) log(1 - lam^2) = log_inv`` (upper end of the bisection).
 
     Parametrised by the optimal ``lam``: ``s(lam) = D lam / (1 - lam^2)`` and the rate
-    ``I(lam) = D lam^2 / (1 - lam^2) + (D/2) log(1 - lam^2)``, both increasing on (0, 1).
+    ``I(lam) = D lam^2 / (1 - lam^2) + (D/2) log(1 - lam^2)``, both increasing on (0, 1). The
+    bracket of ``I(lam) >= log_inv`` on [0, 1] is closed to adjacent floats
+    (:func:`smoothjax._roots.bisect_bracket`) and ``s`` taken at its upper end, the larger ``s``.
     """
     dim = as_float(dim)
 
@@ -258,17 +261,8 @@ def _chernoff_chaos(dim, log_inv):
         q = lam * lam
         return dim * q / (1 - q) + 0.5 * dim * jnp.log1p(-q)
 
-    lo = jnp.zeros_like(log_inv)
-    hi = jnp.ones_like(log_inv)
-
-    def body(_, bracket):
-        lo, hi = bracket
-        mid = 0.5 * (lo + hi)
-        above = rate(mid) >= log_inv
-        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
-
-    lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (lo, hi))
-    # hi == 1 only if the loop could not resolve; then the bound is infinite (safe).
+    _, hi = _bisect_bracket(lambda lam: rate(lam) >= log_inv, jnp.zeros_like(log_inv), jnp.ones_like(log_inv))
+    # hi == 1 only if no lam < 1 reaches the rate (log_inv inf or NaN); then the bound is infinite (safe).
     return jnp.where(hi < 1, dim * hi / (1 - hi * hi), jnp.inf)
 
 

@@ -27,12 +27,15 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import mpmath as mp
 import numpy as np
 import pytest
 from scipy import optimize, special, stats
 
 import smoothjax as sj
+from smoothjax._roots import bisect, bisect_bracket
 
 mp.mp.dps = 30
 REL64 = 1e-12
@@ -390,3 +393,38 @@ def test_float32_path_sound_or_refuses_dense(name):
 @pytest.mark.slow
 def test_float32_sos_sound_or_refuses_dense():
     _assert_no_problems(_float32_problems(False)["sos_radius"])
+
+
+# ----------------------------------------------------------------------------- bisection on the float order
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_bisect_bracket_closes_to_adjacent_floats(dtype):
+    """Both ends of the closed bracket of ``x >= t`` are the adjacent floats around t, under jit.
+
+    The bracket [-2, 2] spans more than half the integer range of the float order (its width
+    overflows a signed integer); the thresholds run from -1.5 to the ends of [0, 1] through tiny
+    normal numbers of either sign (not subnormals: XLA on CPU flushes them to zero, so a predicate
+    there is not monotone in the float order).
+    """
+    fi = np.finfo(dtype)
+    t = np.array([-1.5, -4 * fi.tiny, 4 * fi.tiny, 1e-30, 0.3, 1 - fi.epsneg, 1.0], dtype)
+    lo0, hi0 = np.full_like(t, -2.0), np.full_like(t, 2.0)
+    lo, hi = jax.jit(lambda t, lo, hi: bisect_bracket(lambda x: x >= t, lo, hi))(t, lo0, hi0)
+    lo, hi = np.asarray(lo), np.asarray(hi)
+    assert lo.dtype == hi.dtype == dtype
+    np.testing.assert_array_equal(hi, t)
+    np.testing.assert_array_equal(lo, np.nextafter(t, dtype(-np.inf)))
+    # bisect is the lower end of the bracket of "not fn <= 0"
+    low = jax.jit(lambda t, lo, hi: bisect(lambda x: jnp.where(x >= t, 1.0, 0.0), lo, hi))(t, lo0, hi0)
+    np.testing.assert_array_equal(np.asarray(low), lo)
+
+
+def test_bisect_bracket_ends_keep_their_invariant():
+    """An end the predicate never reaches stays put; an all-False (NaN) predicate closes below hi."""
+    t = np.array([np.nan, 3.0, -3.0, 0.5])
+    lo, hi = bisect_bracket(lambda x: x >= t, np.zeros(4), np.ones(4))
+    np.testing.assert_array_equal(np.asarray(hi), [1.0, 1.0, 2.0**-1074, 0.5])
+    np.testing.assert_array_equal(np.asarray(lo), [1.0 - 2.0**-53, 1.0 - 2.0**-53, 0.0, 0.5 - 2.0**-54])
+    # bisect counts a NaN of fn as above the root: the lower end stays at the initial lo
+    np.testing.assert_array_equal(np.asarray(bisect(lambda x: x - t, np.zeros(4), np.ones(4))),
+                                  [0.0, 1.0 - 2.0**-53, 0.0, 0.5])

@@ -264,6 +264,14 @@ def test_chaos_deviation_closed_form(method):
             chaos_deviation(1.0, 1.0, dim=d, alpha_tail=1e-3, method="bernstein"))
 
 
+def test_chernoff_chaos_without_a_root_is_infinite():
+    """A tail of 0 (rate never reached) or NaN gives t = inf, the safe answer, also under jit."""
+    tails = jnp.array([0.0, jnp.nan, 0.25])
+    for fn in (chaos_deviation, jax.jit(chaos_deviation, static_argnames=("dim", "method"))):
+        t = np.asarray(fn(1.0, 1.0, dim=49, alpha_tail=tails, method="chernoff"))
+        assert np.isinf(t[:2]).all() and np.isfinite(t[2])
+
+
 def _gaussian_chaos(rng, d, size):
     """a.b for independent a, b ~ N(0, I_d): exactly sqrt(chi2_d) * N(0, 1)."""
     return np.sqrt(rng.chisquare(d, size)) * rng.standard_normal(size)
