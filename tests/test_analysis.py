@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom, norm
 
-from smoothjax.app import analysis, cli, tsv
+from smoothjax.app import analysis, cli
 from smoothjax.app.tsv import CertificationTable
 
 
@@ -21,7 +21,8 @@ def _table(name, radii, correct, *, settings=None, path="", idx=None, predict=No
     label = np.zeros(m, np.int64)
     predict = np.where(correct, 0, -1) if predict is None else np.asarray(predict)
     return CertificationTable(name, label, predict, correct, {k: np.asarray(v, float) for k, v in radii.items()},
-                              np.full(m, 0.5), None if idx is None else np.asarray(idx), dict(settings or {}), "smoothjax", path)
+                              np.full(m, 0.5), None if idx is None else np.asarray(idx), dict(settings or {}),
+                              "smoothjax", path)
 
 
 # --------------------------------------------------------------------------- definitions
@@ -75,7 +76,8 @@ def test_highprob_bounds_are_below_approximate_and_binomial_is_tighter_than_cohe
         analysis.highprob_certified_accuracy(t, "cohen_l2", radii, alpha=0.001, bound="hoeffding")
 
 
-@pytest.mark.parametrize("sigma, n, alpha", [(0.25, 2000, 0.001), (0.5, 100_000, 0.001), (0.12, 10**7, 1e-5), (1.0, 10, 0.1)])
+@pytest.mark.parametrize("sigma, n, alpha",
+                         [(0.25, 2000, 0.001), (0.5, 100_000, 0.001), (0.12, 10**7, 1e-5), (1.0, 10, 0.1)])
 def test_max_certifiable_radius(sigma, n, alpha):
     expected = sigma * norm.isf(-np.expm1(np.log(alpha) / n))
     assert analysis.max_certifiable_radius(sigma, n, alpha) == pytest.approx(expected, rel=1e-12)
@@ -83,11 +85,13 @@ def test_max_certifiable_radius(sigma, n, alpha):
     import smoothjax
 
     p = float(smoothjax.clopper_pearson_lower(n, n, alpha))
-    assert analysis.max_certifiable_radius(sigma, n, alpha) == pytest.approx(float(smoothjax.cohen_radius(p, sigma)), rel=1e-9)
+    cohen = float(smoothjax.cohen_radius(p, sigma))
+    assert analysis.max_certifiable_radius(sigma, n, alpha) == pytest.approx(cohen, rel=1e-9)
 
 
 def test_max_radius_of_the_demo_and_degenerate_cases():
-    assert analysis.max_certifiable_radius(0.25, 2000, 0.001) == pytest.approx(0.6755, abs=1e-4)  # the 0.675 where the demo's curves end
+    # the 0.675 where the demo's curves end
+    assert analysis.max_certifiable_radius(0.25, 2000, 0.001) == pytest.approx(0.6755, abs=1e-4)
     assert analysis.max_certifiable_radius(1.0, 1, 0.5) == 0.0  # alpha^(1/n) <= 1/2: nothing certifiable
     with pytest.raises(ValueError):
         analysis.max_certifiable_radius(0.0, 10, 0.001)
@@ -136,10 +140,11 @@ def test_latex_table_escapes_and_shows_highprob():
 
 def test_radius_pairs_join_single_method_logs_of_one_folder_by_idx(tmp_path):
     run, other = str(tmp_path / "run" / "N_100"), str(tmp_path / "other" / "N_100")
-    cohen = _table("N_100", {"cohen_l2": [0.1, 0.2, 0.3]}, [1, 1, 0], idx=[0, 10, 20], path=run, settings={"sigma": 0.25, "n": 100})
-    dipole = _table("dipole_N_100", {"dipole_l2": [0.5, 0.6]}, [1, 1], idx=[20, 10], path=str(tmp_path / "run" / "dipole_N_100"),
-                    settings={"sigma": 0.25, "n": 100})
-    stranger = _table("N_100", {"cohen_l2": [9.0, 9.0]}, [1, 1], idx=[10, 20], path=other, settings={"sigma": 0.25, "n": 100})
+    settings = {"sigma": 0.25, "n": 100}
+    cohen = _table("N_100", {"cohen_l2": [0.1, 0.2, 0.3]}, [1, 1, 0], idx=[0, 10, 20], path=run, settings=settings)
+    dipole = _table("dipole_N_100", {"dipole_l2": [0.5, 0.6]}, [1, 1], idx=[20, 10],
+                    path=str(tmp_path / "run" / "dipole_N_100"), settings=settings)
+    stranger = _table("N_100", {"cohen_l2": [9.0, 9.0]}, [1, 1], idx=[10, 20], path=other, settings=settings)
     pairs = analysis.radius_pairs([stranger, cohen, dipole])
     assert len(pairs) == 1
     name, method, ref, rad, ok = pairs[0]
@@ -158,15 +163,25 @@ def test_figures_are_written(tmp_path):
     written = analysis.plot_certified_accuracy([a, b], str(tmp_path / "acc"))
     assert [os.path.basename(p) for p in written] == ["acc.png", "acc.svg"]
     svg = (tmp_path / "acc.svg").read_text()
-    for text in ("envelope over sigma (style = method)", "largest radius n = 2,000 certifies: 0.675",
-                 "largest radius n = 2,000 certifies: 1.35", "cohen_l2 as l2 baseline", "n = 2000, α = 0.001", "a (sigma = 0.25)"):
+    for text in ("envelope over sigma (colour = method)", "largest radius n = 2,000 certifies: 0.675 (σ = 0.25)",
+                 "largest radius n = 2,000 certifies: 1.35 (σ = 0.5)", "cohen_l2 as l2 baseline", "n = 2000, α = 0.001",
+                 "a (sigma = 0.25)"):
         assert text in svg, text
     single = (tmp_path / "one.svg")
     analysis.plot_certified_accuracy([a], str(tmp_path / "one"), formats=("svg",))
-    assert "cohen_l2 (l2 baseline)" in single.read_text() and "envelope" not in single.read_text()
+    one = single.read_text()
+    assert "cohen_l2 (l2 baseline)" in one and "envelope" not in one
+    # the max-radius line is named in the key of each panel that plots an l2 radius: l2, l1 (baseline), subspace
+    assert one.count("largest radius n = 2,000 certifies: 0.675") == 3
     assert analysis.plot_radius_scatter([a], str(tmp_path / "sc"))[0].endswith("sc.png")
     assert (tmp_path / "sc.png").stat().st_size > 5000
     assert analysis.plot_radius_scatter([b], str(tmp_path / "none")) == []
+
+
+def test_each_method_has_its_own_colour_and_line_style():
+    known = [analysis.method_style(m) for m in analysis._METHOD_ORDER]
+    assert len({c for c, _ in known}) == len({str(s) for _, s in known}) == len(known)
+    assert analysis.method_style("my_method_l2") == analysis.method_style("my_method_l2")  # stable for other names
 
 
 # --------------------------------------------------------------------------- the command line
@@ -201,7 +216,8 @@ def test_analyze_reads_the_second_papers_logs(peer_data_dir, tmp_path, capsys):
     code = cli.main(["analyze", str(folder), "--out", str(tmp_path / "peer")])
     stdout = capsys.readouterr().out
     assert code == 0
-    assert "| N_100000 | cohen_l2 | l2 |" in stdout  # file names are unique here, so they stay short and "| dipole_N_1000000 | dipole_l2 | l2 |" in stdout
+    # file names are unique here, so they stay short
+    assert "| N_100000 | cohen_l2 | l2 |" in stdout and "| dipole_N_1000000 | dipole_l2 | l2 |" in stdout
     assert "N_100000: sigma = 0.25, n = 100000, alpha = 0.001" in stdout
     assert (tmp_path / "peer" / "radius_scatter.png").is_file()  # dipole paired with N_100000 by idx
 
@@ -227,7 +243,8 @@ def test_dataset_arguments_reach_the_loader(tmp_path, capsys):
     np.savez(pixels, x=np.zeros((4, 8, 8, 1), np.uint8), y=np.zeros(4, int))
     code = cli.main(["train", "--dataset", str(pixels), "--sigma", "0.25", "--out", str(tmp_path / "m.msgpack")])
     assert code == 2 and "--scale 255" in capsys.readouterr().err
-    code = cli.main(["train", "--dataset", "digits", "--layout", "nchw", "--sigma", "0.25", "--out", str(tmp_path / "m.msgpack")])
+    code = cli.main(["train", "--dataset", "digits", "--layout", "nchw", "--sigma", "0.25",
+                     "--out", str(tmp_path / "m.msgpack")])
     assert code == 2 and "--layout does not apply to the built-in dataset 'digits'" in capsys.readouterr().err
 
 

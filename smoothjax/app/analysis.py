@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import zlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -55,7 +56,21 @@ _THREAT_MODELS = (
     ("_l2", "l2"),
 )
 _METHOD_ORDER = ("cohen_l2", "top2_l2", "sos_l2", "dipole_l2", "first_order_l1", "first_order_linf", "subspace_l2")
-_LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (10, 3)), (0, (3, 1, 1, 1)))
+# One (colour, line style) per method, the same in every figure; no two methods share either.
+_METHOD_STYLES = {
+    "cohen_l2": ("#1f77b4", "-"),
+    "top2_l2": ("#ff7f0e", (0, (6, 2))),
+    "sos_l2": ("#2ca02c", (0, (7, 2, 1.5, 2))),
+    "dipole_l2": ("#d62728", (0, (2.5, 1.5))),
+    "first_order_l1": ("#9467bd", (0, (7, 2, 1.5, 2, 1.5, 2))),
+    "first_order_linf": ("#8c564b", (0, (12, 3))),
+    "subspace_l2": ("#e377c2", (0, (4, 1.5, 1, 1.5))),
+}
+_OTHER_STYLES = (("#7f7f7f", (0, (3, 3))), ("#bcbd22", (0, (9, 2, 3, 2))), ("#17becf", (0, (5, 1.5, 5, 1.5, 1, 1.5))))
+_BASELINE_STYLE = (0, (1, 1.5))  # Cohen's l2 radius drawn in the l1 and subspace panels
+_FILE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # several files: one marker per file
+_CAP_STYLES = ((0, (1, 3)), (0, (4, 3)), (0, (1, 2, 4, 2)))  # max-radius lines, one per distinct radius
+_LEGEND_FONTSIZE = 9
 
 
 def threat_model(method: str) -> str:
@@ -196,7 +211,8 @@ def _envelope_methods(tables: Sequence[CertificationTable]) -> list[str]:
 
 def _shared_settings(tables: Sequence[CertificationTable]) -> dict:
     keys = set.intersection(*(set(t.settings) for t in tables)) if tables else set()
-    return {k: tables[0].settings[k] for k in ("sigma", "n", "alpha") if k in keys and len({t.settings[k] for t in tables}) == 1}
+    return {k: tables[0].settings[k] for k in ("sigma", "n", "alpha")
+            if k in keys and len({t.settings[k] for t in tables}) == 1}
 
 
 # ------------------------------------------------------------------------------------------
@@ -220,14 +236,17 @@ def markdown_table(tables: Sequence[CertificationTable], radii: Sequence[float] 
         per_input = float(np.nanmean(t.time)) if len(t.time) and np.any(np.isfinite(t.time)) else float("nan")
         for m in t.methods:
             acc = certified_accuracy(t, m, radii)
-            cells = [t.name, m, threat_model(m), *[f"{a:.3f}" for a in acc], f"{average_certified_radius(t, m):.3f}", f"{per_input:.4f}"]
+            cells = [t.name, m, threat_model(m), *[f"{a:.3f}" for a in acc], f"{average_certified_radius(t, m):.3f}",
+                     f"{per_input:.4f}"]
             lines.append("| " + " | ".join(cells) + " |")
     for m in _envelope_methods(tables):
-        cells = ["envelope (max over sigmas)", m, threat_model(m), *[f"{a:.3f}" for a in envelope(tables, m, radii)], "", ""]
+        cells = ["envelope (max over sigmas)", m, threat_model(m), *[f"{a:.3f}" for a in envelope(tables, m, radii)],
+                 "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if highprob and not any("alpha" in t.settings for t in tables):
-        text += "\nHighProb certified accuracy needs the certification alpha: pass --alpha (or keep the OUT.json sidecar).\n"
+        text += ("\nHighProb certified accuracy needs the certification alpha: pass --alpha (or keep the OUT.json "
+                 "sidecar).\n")
     elif highprob:
         rows = []
         for t in tables:
@@ -236,7 +255,8 @@ def markdown_table(tables: Sequence[CertificationTable], radii: Sequence[float] 
                 if alpha is None:
                     rows.append([t.name, m, *["n/a"] * len(radii)])
                 else:
-                    rows.append([t.name, m, *[f"{a:.3f}" for a in highprob_certified_accuracy(t, m, radii, alpha=alpha, rho=rho)]])
+                    high = highprob_certified_accuracy(t, m, radii, alpha=alpha, rho=rho)
+                    rows.append([t.name, m, *[f"{a:.3f}" for a in high]])
         text += (f"\nHighProb certified accuracy (Cohen et al. 2019): a lower bound on the certified accuracy that "
                  f"holds with probability >= 1 - rho = 1 - {rho:g} over the certification noise: the approximate "
                  "certified accuracy minus the 1 - rho quantile of Binomial(m, alpha) / m, m inputs, alpha the "
@@ -248,7 +268,8 @@ def markdown_table(tables: Sequence[CertificationTable], radii: Sequence[float] 
 
 
 def _latex_escape(text: str) -> str:
-    for char, repl in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("$", r"\$")):
+    for char, repl in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                       ("$", r"\$")):
         text = text.replace(char, repl)
     return text
 
@@ -271,12 +292,13 @@ def latex_table(tables: Sequence[CertificationTable], radii: Sequence[float] = D
         for m in t.methods:
             acc = certified_accuracy(t, m, radii)
             high = highprob_certified_accuracy(t, m, radii, alpha=alpha, rho=rho) if alpha is not None else None
-            cells = [f"{a:.3f}" + (f" ({h:.3f})" if high is not None else "") for a, h in zip(acc, high if high is not None else acc)]
+            cells = [f"{a:.3f}" + (f" ({h:.3f})" if high is not None else "")
+                     for a, h in zip(acc, high if high is not None else acc)]
             lines.append(f"{_latex_escape(t.name)} & {_latex_escape(m)} & " + " & ".join(cells)
                          + f" & {average_certified_radius(t, m):.3f} \\\\")
-    caption = ("Approximate certified accuracy at radius $r$ (fraction of test inputs classified correctly with certified "
-               f"radius $\\ge r$; in parentheses the HighProb lower bound, which holds with probability $\\ge 1 - {rho:g}$) "
-               "and average certified radius (ACR).")
+    caption = ("Approximate certified accuracy at radius $r$ (fraction of test inputs classified correctly with "
+               "certified radius $\\ge r$; in parentheses the HighProb lower bound, which holds with probability "
+               f"$\\ge 1 - {rho:g}$) and average certified radius (ACR).")
     if shared:
         caption += " " + _latex_escape(shared).replace("sigma", r"$\sigma$").replace("alpha", r"$\alpha$") + "."
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
@@ -318,76 +340,107 @@ def _save(fig, out_stem: str, formats: Sequence[str]) -> list[str]:
     return paths
 
 
-def plot_certified_accuracy(tables: Sequence[CertificationTable], out_stem: str, *, formats: Sequence[str] = ("png", "svg"),
-                            mark_max_radius: bool = True, show_envelope: bool = True) -> list[str]:
+def method_style(method: str) -> tuple[str, object]:
+    """The ``(colour, matplotlib line style)`` a method is drawn with in every figure.
+
+    Fixed for the methods smoothjax certifies; any other name gets one of a few spare styles chosen
+    from a checksum of the name (so it too looks the same in every figure).
+    """
+    if method in _METHOD_STYLES:
+        return _METHOD_STYLES[method]
+    return _OTHER_STYLES[zlib.crc32(method.encode()) % len(_OTHER_STYLES)]
+
+
+def _cap_marks(tables: Sequence[CertificationTable]) -> list[tuple[float, str]]:
+    """``(radius, key label)`` per distinct :func:`max_certifiable_radius` of the tables with sigma, n and alpha."""
+    caps: dict[float, tuple[int, set]] = {}
+    for t in tables:
+        if all(k in t.settings for k in ("sigma", "n", "alpha")):
+            n = int(t.settings["n"])
+            r = round(max_certifiable_radius(t.settings["sigma"], n, t.settings["alpha"]), 12)
+            known_n, sigmas = caps.get(r, (n, set()))
+            caps[r] = (min(known_n, n), sigmas | {t.settings["sigma"]})
+    several = len(caps) > 1
+    return [(r, f"largest radius n = {n:,} certifies: {r:.3g}"
+                + (f" (σ = {', '.join(f'{s:g}' for s in sorted(sigmas))})" if several else ""))
+            for r, (n, sigmas) in sorted(caps.items())]
+
+
+def plot_certified_accuracy(tables: Sequence[CertificationTable], out_stem: str, *,
+                            formats: Sequence[str] = ("png", "svg"), mark_max_radius: bool = True,
+                            show_envelope: bool = True) -> list[str]:
     """Certified accuracy vs radius, one panel per threat model; writes ``out_stem.<fmt>``, returns the paths.
 
-    Styles: with one file, one colour per method; with several, one colour per file and one line
-    style per method (so files and methods can both be told apart in black and white), with one
-    key for all panels below the figure; with one file each panel has its legend below it. Cohen's l2
-    radius is drawn as a thin dotted baseline in the l1 and subspace panels (an l2 ball of radius R
+    Each method has one colour and one line style, the same in every figure (:func:`method_style`);
+    with several files each file also has its own marker, and one key below the figure covers all
+    panels, while with one file each panel has its own key below it. Cohen's l2 radius is drawn as a
+    thin dotted baseline in its colour in the l1 and subspace panels (an l2 ball of radius R
     contains the l1 ball and the subspace ball of radius R). When files with different sigmas share
-    a method, a thick grey line shows its envelope (maximum over those files). Where sigma, n and alpha are known, a
-    dotted vertical line marks :func:`max_certifiable_radius` in the l2 panel (one line per distinct
-    value). The figure's title gives
-    the settings the files share; settings that differ go into the legend.
+    a method, a wide pale band in the method's colour shows its envelope (maximum over those
+    files). Where sigma, n and alpha are known, a grey vertical line marks
+    :func:`max_certifiable_radius` (one per distinct value, each named in the key) in every panel
+    that plots an l2 radius: the l2 panel and the panels with Cohen's baseline. The figure's
+    title gives the settings the files share; settings that differ go into the key.
     """
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+
     methods = _ordered_methods(tables)
     groups: dict[str, list[tuple[CertificationTable, str]]] = {}
     for t in tables:
         for m in sorted(t.methods, key=methods.index):
             groups.setdefault(threat_model(m), []).append((t, m))
     order = [name for _, name in reversed(_THREAT_MODELS) if name in groups] + [g for g in groups if g == "other"]
-    fig, axes = plt.subplots(1, len(order), figsize=(4.6 * len(order), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(order), figsize=(4.8 * len(order), 4.2), squeeze=False)
     many = len(tables) > 1
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    file_colour = {id(t): palette[i % len(palette)] for i, t in enumerate(tables)}
-    method_colour = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
-    method_style = {m: _LINESTYLES[i % len(_LINESTYLES)] for i, m in enumerate(methods)}
+    marker = {id(t): _FILE_MARKERS[i % len(_FILE_MARKERS)] for i, t in enumerate(tables)}
     shared = _shared_settings(tables)
+    caps = _cap_marks(tables) if mark_max_radius else []
+    baseline = [t for t in tables if REFERENCE_METHOD in t.radii]
 
     def label_of(t, m):
         own = {k: v for k, v in t.settings.items() if k not in shared}
         suffix = f" ({settings_text(own)})" if own else ""
         return (f"{t.name}: {m}" if many else m) + suffix if m else t.name + suffix
 
-    def style_of(t, m):
-        return (file_colour[id(t)], method_style[m]) if many else (method_colour[m], "-")
+    def finite_max(values):
+        return float(np.max(values[np.isfinite(values)], initial=0.0))
+
+    def cap_line(ax, i, r, label):
+        ax.axvline(r, color="0.3", linestyle=_CAP_STYLES[i % len(_CAP_STYLES)], lw=1.3, zorder=0, label=label)
 
     for ax, group in zip(axes[0], order):
         entries = groups[group]
-        marks = []
-        if mark_max_radius and group == "l2":
-            for t in tables:
-                if all(k in t.settings for k in ("sigma", "n", "alpha")):
-                    r_cap = max_certifiable_radius(t.settings["sigma"], int(t.settings["n"]), t.settings["alpha"])
-                    marks.append((t, r_cap))
-        r_max = max([float(np.max(t.radii[m][np.isfinite(t.radii[m])], initial=0.0)) for t, m in entries]
-                    + [r for _, r in marks] + [1e-3])
+        with_baseline = group in ("l1", "subspace l2") and bool(baseline)
+        with_caps = group == "l2" or with_baseline
+        # Each panel has its own grid: radii in different norms differ in scale (linf radii are
+        # ~1/sqrt(d) of the l2 ones), so a shared grid would leave some panels a handful of points.
+        r_max = max([finite_max(t.radii[m]) for t, m in entries]
+                    + [finite_max(t.radii[REFERENCE_METHOD]) for t in baseline if with_baseline]
+                    + [r for r, _ in caps if with_caps] + [1e-3])
         grid = np.linspace(0.0, r_max * 1.08, 600)
+
+        def draw(ax, grid, t, m, colour, style, lw, label):
+            acc = certified_accuracy(t, m, grid)
+            marks = {}
+            if many:  # a few file markers, staggered between methods, none on the zero tail
+                every = (np.arange(grid.size) % 75 == (20 + 11 * methods.index(m)) % 75) & (acc > 0)
+                marks = {"marker": marker[id(t)], "markevery": every, "markersize": 5}
+            ax.plot(grid, acc, color=colour, linestyle=style, lw=lw, label=label, drawstyle="steps-post", **marks)
+
         for t, m in entries:
-            colour, style = style_of(t, m)
-            ax.plot(grid, certified_accuracy(t, m, grid), color=colour, linestyle=style, lw=1.6, label=label_of(t, m),
-                    drawstyle="steps-post")
-        if group in ("l1", "subspace l2"):
-            for t in tables:
-                if REFERENCE_METHOD in t.radii:
-                    colour = file_colour[id(t)] if many else method_colour[REFERENCE_METHOD]
-                    ax.plot(grid, certified_accuracy(t, REFERENCE_METHOD, grid), color=colour, linestyle=(0, (1, 1.5)), lw=1.0,
-                            alpha=0.8, label=label_of(t, REFERENCE_METHOD) + " (l2 baseline)", drawstyle="steps-post")
+            draw(ax, grid, t, m, *method_style(m), 1.7, label_of(t, m))
+        if with_baseline:
+            for t in baseline:
+                draw(ax, grid, t, REFERENCE_METHOD, method_style(REFERENCE_METHOD)[0], _BASELINE_STYLE, 1.1,
+                     label_of(t, REFERENCE_METHOD) + " (l2 baseline)")
         if show_envelope:
             for m in [m for m in _envelope_methods(tables) if threat_model(m) == group]:
-                ax.plot(grid, envelope(tables, m, grid), color="0.2", alpha=0.3, lw=4.0, linestyle=method_style[m],
-                        label=f"envelope over sigma: {m}", drawstyle="steps-post", zorder=1)
-        drawn: dict[float, list[int]] = {}
-        for t, r_cap in marks:
-            drawn.setdefault(round(r_cap, 12), []).append(int(t.settings["n"]))
-        for r_cap, ns in sorted(drawn.items()):
-            ax.axvline(r_cap, color="0.35", linestyle=":", lw=1.2, zorder=0)
-            ax.annotate(f"largest radius n = {min(ns):,} certifies: {r_cap:.3g}", xy=(r_cap, 0.985),
-                        xycoords=("data", "axes fraction"), rotation=90, ha="right", va="top", fontsize=7, color="0.25",
-                        bbox={"facecolor": "white", "alpha": 0.75, "linewidth": 0, "pad": 1})
+                ax.plot(grid, envelope(tables, m, grid), color=method_style(m)[0], alpha=0.25, lw=5.0,
+                        solid_capstyle="butt", label=f"envelope over sigma: {m}", drawstyle="steps-post", zorder=1)
+        if with_caps:
+            for i, (r, label) in enumerate(caps):
+                cap_line(ax, i, r, label)
         ax.set_title(f"{group} threat model")
         ax.set_xlabel(f"radius ({group.split()[-1]} norm, input units)")
         ax.set_ylabel("certified accuracy")
@@ -395,22 +448,28 @@ def plot_certified_accuracy(tables: Sequence[CertificationTable], out_stem: str,
         ax.set_xlim(0.0, grid[-1])
         ax.grid(alpha=0.3)
         if not many:
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
-    if many:  # one key for all panels: colour = file, line style = method
-        from matplotlib.lines import Line2D
-
-        handles = [Line2D([], [], color=file_colour[id(t)], lw=2, label=label_of(t, "").rstrip(": ")) for t in tables]
-        handles += [Line2D([], [], color="0.2", linestyle=method_style[m], lw=1.6, label=m) for m in methods]
-        if any(g in groups for g in ("l1", "subspace l2")) and any(REFERENCE_METHOD in t.radii for t in tables):
-            handles.append(Line2D([], [], color="0.4", linestyle=(0, (1, 1.5)), lw=1, label=f"{REFERENCE_METHOD} as l2 baseline (l1, subspace)"))
+            ax.legend(fontsize=_LEGEND_FONTSIZE, handlelength=3.5, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                      frameon=False)
+    if many:  # one key for all panels: colour and line style = method, marker = file
+        handles = [Line2D([], [], color="0.25", linestyle="none", marker=marker[id(t)],
+                          label=label_of(t, "").rstrip(": ")) for t in tables]
+        handles += [Line2D([], [], color=method_style(m)[0], linestyle=method_style(m)[1], lw=1.7, label=m)
+                    for m in methods]
+        if any(g in groups for g in ("l1", "subspace l2")) and baseline:
+            handles.append(Line2D([], [], color=method_style(REFERENCE_METHOD)[0], linestyle=_BASELINE_STYLE, lw=1.1,
+                                  label=f"{REFERENCE_METHOD} as l2 baseline (l1, subspace)"))
         if show_envelope and _envelope_methods(tables):
-            handles.append(Line2D([], [], color="0.2", alpha=0.3, lw=4, label="envelope over sigma (style = method)"))
-        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), fontsize=8, frameon=False)
+            handles.append(Line2D([], [], color="0.4", alpha=0.35, lw=5, label="envelope over sigma (colour = method)"))
+        handles += [Line2D([], [], color="0.3", linestyle=_CAP_STYLES[i % len(_CAP_STYLES)], lw=1.3, label=label)
+                    for i, (_, label) in enumerate(caps)]
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)),
+                   fontsize=_LEGEND_FONTSIZE, handlelength=3.5, frameon=False)
     title = "certified accuracy (correct and radius >= r, abstentions count as wrong)"
     return _finish(fig, plt, title, shared, out_stem, formats)
 
 
-def radius_pairs(tables: Sequence[CertificationTable], reference: str = REFERENCE_METHOD) -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
+def radius_pairs(tables: Sequence[CertificationTable],
+                 reference: str = REFERENCE_METHOD) -> list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
     """Per-input ``(table name, method, reference radius, method radius, correct)`` for every method but ``reference``.
 
     Within a table the rows pair up directly. A table without ``reference`` (a second-paper log
@@ -475,7 +534,7 @@ def plot_radius_scatter(tables: Sequence[CertificationTable], out_stem: str, *, 
         ax.set_ylim(0, top)
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=_LEGEND_FONTSIZE, loc="upper left")
     for ax in axes.ravel()[len(pairs):]:
         ax.set_visible(False)
     title = f"per-input radius against {reference}"
