@@ -67,6 +67,18 @@ def test_cohen_rows_check_their_arguments():
     assert len(tsv.cohen_rows(result, _LABELS)) == 5 and all(r.endswith("\n") for r in tsv.cohen_rows(result))
 
 
+@pytest.mark.parametrize("rows", [tsv.format_rows, tsv.cohen_rows], ids=["smoothjax", "cohen"])
+@pytest.mark.parametrize("arg", ["input_ids", "labels", "times"])
+def test_both_writers_check_the_per_input_columns_alike(rows, arg):
+    result = _result(_PRED, _RADII, ids=[0, 20, 40, 60, 80])
+    with pytest.raises(ValueError, match=f"{arg} must have one entry per input \\(5\\), got shape \\(2,\\)"):
+        rows(result, **{arg: [1, 2]})
+    lines = [r.rstrip("\n").split("\t") for r in rows(result, labels=_LABELS, times=np.full(5, 0.25))]
+    # idx, label, predict first; correct and time last
+    assert [r[:3] + r[-2:] for r in lines] == [[str(i), str(lab), str(p), str(int(p == lab)), "0.250000"]
+                                               for i, lab, p in zip([0, 20, 40, 60, 80], _LABELS, _PRED)]
+
+
 @pytest.mark.parametrize("text, seconds", [
     ("12.5", 12.5), ("0:00:22.766151", 22.766151), ("1:02:03", 3723.0), ("0:03:48.677077", 228.677077),
     ("1 day, 0:00:01.5", 86401.5), ("2 days, 1:00:00", 176400.0), ("nan", math.nan),

@@ -24,8 +24,9 @@ Two other formats are read unchanged:
 
 Settings (``sigma``, ``n``, ``alpha``) come from, in increasing priority: the file's name and
 folders (as above, and Cohen's ``noise_<s>`` / ``sigma_<s>``), a JSON sidecar ``<tsv>.json`` (or
-``<stem>.json``, the name without a ``.tsv``-like extension) with top-level keys ``sigma``, ``n``, ``alpha`` (also looked for under
-``settings`` / ``config``), and explicit values passed to :func:`read_tsv`.
+``<stem>.json``, the name without a ``.tsv``-like extension) with top-level keys ``sigma``, ``n``,
+``alpha`` (also looked for under ``settings`` / ``config``), and explicit values passed to
+:func:`read_tsv`.
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def read_sidecar(path: str) -> dict:
                 with open(candidate) as fh:
                     data = json.load(fh)
             except (OSError, ValueError) as err:
-                raise AnalysisError(f"could not read the settings file {candidate!r} ({err}); fix or remove it.") from None
+                raise AnalysisError(
+                    f"could not read the settings file {candidate!r} ({err}); fix or remove it.") from None
             return _settings_in(data)
     return {}
 
@@ -239,10 +241,12 @@ def expand_log_paths(paths: Sequence[str]) -> list[str]:
         found = []
         for entry in sorted(os.listdir(path)):
             full = os.path.join(path, entry)
-            if os.path.isfile(full) and not entry.endswith((".json", ".png", ".svg", ".md", ".tex", ".npz")) and _looks_like_log(full):
+            skip = entry.endswith((".json", ".png", ".svg", ".md", ".tex", ".npz"))
+            if os.path.isfile(full) and not skip and _looks_like_log(full):
                 found.append(full)
         if not found:
-            raise AnalysisError(f"directory {path!r} holds no certification logs (TSV files with a radius column); pass TSV files.")
+            raise AnalysisError(f"directory {path!r} holds no certification logs (TSV files with a radius column); "
+                                "pass TSV files.")
         out.extend(found)
     return out
 
@@ -265,7 +269,25 @@ def cohen_header() -> list[str]:
     return list(COHEN_HEADER)
 
 
-def cohen_rows(result: CertifyResult, labels=None, times=None, input_ids=None, *, method: str = "cohen_l2") -> list[str]:
+def _row_columns(result: CertifyResult, labels, times, input_ids):
+    """``(idx, label, predict, correct, time)`` per input, checked to have one entry per input.
+
+    ``idx`` defaults to the ids stored in ``result``; ``label`` is -1 (so ``correct`` is 0) when
+    ``labels`` is None; ``time`` is ``nan`` when ``times`` is None.
+    """
+    prediction = np.asarray(result.prediction).astype(np.int64)
+    batch = prediction.shape[0]
+    idx = np.asarray(result.input_ids if input_ids is None else input_ids).astype(np.int64)
+    lab = np.full(batch, -1, np.int64) if labels is None else np.asarray(labels).astype(np.int64)
+    tim = np.full(batch, np.nan) if times is None else np.asarray(times, float)
+    for name, arr in (("input_ids", idx), ("labels", lab), ("times", tim)):
+        if arr.shape != (batch,):
+            raise ValueError(f"{name} must have one entry per input ({batch}), got shape {arr.shape}.")
+    return idx, lab, prediction, (prediction == lab) & (lab >= 0), tim
+
+
+def cohen_rows(result: CertifyResult, labels=None, times=None, input_ids=None, *,
+               method: str = "cohen_l2") -> list[str]:
     """The lines (each ending in ``"\\n"``) of a Cohen-format log of ``result`` for one ``method``.
 
     Columns ``idx label predict radius correct time`` (Cohen et al.'s ``certify.py``), so that
@@ -281,19 +303,11 @@ def cohen_rows(result: CertifyResult, labels=None, times=None, input_ids=None, *
     if method not in result.radii:
         raise ValueError(f"method {method!r} is not in this result (it has {', '.join(result.radii)}); "
                          "certify with that method or choose one of those.")
-    prediction = np.asarray(result.prediction).astype(np.int64)
-    batch = prediction.shape[0]
-    idx = np.asarray(result.input_ids if input_ids is None else input_ids).astype(np.int64)
-    lab = np.full(batch, -1, np.int64) if labels is None else np.asarray(labels).astype(np.int64)
-    tim = np.full(batch, np.nan) if times is None else np.asarray(times, float)
-    for arg, arr in (("input_ids", idx), ("labels", lab), ("times", tim)):
-        if arr.shape != (batch,):
-            raise ValueError(f"{arg} must have one entry per input ({batch}), got shape {arr.shape}.")
+    idx, lab, prediction, correct, tim = _row_columns(result, labels, times, input_ids)
     radius = np.asarray(result.radii[method], float)
-    correct = (prediction == lab) & (lab >= 0)
     return [
         f"{idx[i]}\t{lab[i]}\t{prediction[i]}\t{float(radius[i])!r}\t{int(correct[i])}\t{tim[i]:.6f}\n"
-        for i in range(batch)
+        for i in range(len(idx))
     ]
 
 
@@ -321,21 +335,13 @@ def format_rows(result: CertifyResult, labels=None, times=None, input_ids=None) 
     back gives exactly the certified numbers (never rounded up). The same inputs always give
     the same bytes, apart from the ``time`` column.
     """
-    prediction = np.asarray(result.prediction)
-    batch = prediction.shape[0]
-    idx = np.asarray(result.input_ids if input_ids is None else input_ids).astype(np.int64)
-    lab = np.full(batch, -1, np.int64) if labels is None else np.asarray(labels).astype(np.int64)
-    tim = np.full(batch, np.nan) if times is None else np.asarray(times, float)
-    for name, arr in (("input_ids", idx), ("labels", lab), ("times", tim)):
-        if arr.shape != (batch,):
-            raise ValueError(f"{name} must have one entry per input ({batch}), got shape {arr.shape}.")
+    idx, lab, prediction, correct, tim = _row_columns(result, labels, times, input_ids)
     names = [m for m in ALL_METHODS if m in result.radii]
     radii = {m: np.asarray(result.radii[m], float) for m in names}
-    correct = (prediction == lab) & (lab >= 0) if labels is not None else np.zeros(batch, bool)
     return [
         "\t".join([str(int(idx[i])), str(int(lab[i])), str(int(prediction[i])),
                    *[repr(float(radii[m][i])) for m in names], str(int(correct[i])), f"{tim[i]:.6f}"]) + "\n"
-        for i in range(batch)
+        for i in range(len(idx))
     ]
 
 
