@@ -192,6 +192,26 @@ def test_shards_merge_to_the_whole_run(digits, reference, tmp_path):
         job.merge_shards([str(p) for p in parts], str(merged))
 
 
+def test_merge_names_every_file_that_holds_a_duplicated_idx(digits, reference, tmp_path):
+    parts = [tmp_path / f"part{i}.tsv" for i in range(2)]
+    for i, part in enumerate(parts):
+        _run(digits, part, shard=(i, 2))
+    copy = tmp_path / "copy0.tsv"
+    copy.write_bytes(parts[0].read_bytes())
+    pathlib.Path(job.sidecar_path(str(copy))).write_bytes(pathlib.Path(job.sidecar_path(str(parts[0]))).read_bytes())
+    with pytest.raises(job.JobError) as err:
+        job.merge_shards([str(parts[0]), str(parts[1]), str(copy)], str(tmp_path / "m.tsv"))
+    message = str(err.value)
+    assert f"{len(range(0, NUM, 2))} input(s) appear more than once" in message
+    assert f"idx 0 in {parts[0]}, {copy}" in message
+    assert f"the files that hold them: {parts[0]}, {copy}." in message and str(parts[1]) not in message
+    # the whole run and one shard: every odd idx is in both, and both files are named
+    with pytest.raises(job.JobError, match="more than once") as err:
+        job.merge_shards([str(reference), str(parts[1])], str(tmp_path / "m.tsv"))
+    assert f"the files that hold them: {reference}, {parts[1]}." in str(err.value)
+    assert not (tmp_path / "m.tsv").exists()
+
+
 def test_merge_refuses_files_of_different_runs(digits, reference, tmp_path):
     other = tmp_path / "other.tsv"
     _run(digits, other, shard=(1, 2), sigma=0.5)
@@ -334,7 +354,8 @@ def test_cli_shards_merge_and_refusals(tmp_path, capsys, digits, monkeypatch):
             assert cli.main(common + ["--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}.tsv")]) == 0
         assert cli.main(common + ["--out", str(tmp_path / "all.tsv")]) == 0
     capsys.readouterr()
-    assert cli.main(["merge", str(tmp_path / "s0.tsv"), str(tmp_path / "s1.tsv"), "--out", str(tmp_path / "m.tsv")]) == 0
+    merge = ["merge", str(tmp_path / "s0.tsv"), str(tmp_path / "s1.tsv"), "--out", str(tmp_path / "m.tsv")]
+    assert cli.main(merge) == 0
     assert "9 rows from 2 files" in capsys.readouterr().out
     assert _rows(tmp_path / "m.tsv") == _rows(tmp_path / "all.tsv")
 

@@ -64,8 +64,8 @@ FORMATS = ("smoothjax", "cohen")
 
 #: Sidecar settings that must agree for a resume (and, apart from ``shard``, for a merge).
 CHECKED_SETTINGS = (
-    "sigma", "n0", "n", "alpha", "methods", "key", "key_impl", "format", "format_method", "subspace_sha256", "shard", "process",
-    "params_sha256", "dataset_sha256", "input_ids",
+    "sigma", "n0", "n", "alpha", "methods", "key", "key_impl", "format", "format_method", "subspace_sha256", "shard",
+    "process", "params_sha256", "dataset_sha256", "input_ids",
 )
 
 Shard = tuple[int, int]
@@ -147,7 +147,8 @@ def parse_shard(text: str) -> Shard:
     except ValueError:
         shard = None
     if not sep or shard is None or not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
-        raise JobError(f"--shard must look like I/K with 0 <= I < K (e.g. 0/4 for the first of four jobs), got {text!r}.")
+        raise JobError(f"--shard must look like I/K with 0 <= I < K (e.g. 0/4 for the first of four jobs), "
+                       f"got {text!r}.")
     return shard
 
 
@@ -221,7 +222,7 @@ def _version(name: str) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _static_environment() -> tuple[tuple[str, Any], ...]:
     import flax  # noqa: F401  (so that its version is read from the module)
     import jaxlib  # noqa: F401
@@ -469,14 +470,17 @@ def certify_dataset(
         old_settings = old.get("settings", {})
         differ = [name for name in CHECKED_SETTINGS if old_settings.get(name) != settings[name]]
         if differ:
-            shown = [d for d in differ if d not in ("key", "input_ids", "params_sha256", "dataset_sha256", "subspace_sha256")]
+            hidden = ("key", "input_ids", "params_sha256", "dataset_sha256", "subspace_sha256")
+            shown = [d for d in differ if d not in hidden]
             detail = ", ".join(f"{d} {old_settings.get(d)!r} -> {settings[d]!r}" for d in shown)
             names = ", ".join("key (seed)" if d == "key" else d for d in differ)
             raise JobError(f"cannot resume {out}: these settings differ from the run that wrote it: {names}"
-                           f"{' (' + detail + ')' if detail else ''}; use the same settings, another --out, or --overwrite.")
+                           f"{' (' + detail + ')' if detail else ''}; use the same settings, another --out, or "
+                           "--overwrite.")
         header, rows, dropped = tsv.read_complete_rows(out)
         if header is not None and header != header_line:
-            raise JobError(f"cannot resume {out}: its columns differ from this run's; use another --out or --overwrite.")
+            raise JobError(f"cannot resume {out}: its columns differ from this run's; use another --out or "
+                           "--overwrite.")
         wanted = {int(i) for i in ids[positions]}
         kept = []
         for line in rows:
@@ -544,7 +548,8 @@ def certify_dataset(
         done.update(int(ids[p]) for p in chunk)
         done_now += len(fresh)
         bar.update(len(fresh))
-        bar.set_postfix_str(f"{done_now * samples_per_input / max(t_now - start_time, 1e-9):.3g} samples/s", refresh=False)
+        rate = done_now * samples_per_input / max(t_now - start_time, 1e-9)
+        bar.set_postfix_str(f"{rate:.3g} samples/s", refresh=False)
         return t_now
 
     with stop.installed():
@@ -607,6 +612,18 @@ def _put_in_job_order(out: str, header_line: str, order: np.ndarray) -> None:
 # ------------------------------------------------------------------------------- merge
 
 
+def _check_no_duplicates(ids: np.ndarray, holders: dict[int, list[str]]) -> None:
+    """Raise :class:`JobError` naming every file that holds a row of an input held more than once."""
+    dup = sorted(r for r, files in holders.items() if len(files) > 1)
+    if not dup:
+        return
+    files = list(dict.fromkeys(p for r in dup for p in holders[r]))
+    shown = "; ".join(f"idx {int(ids[r])} in {', '.join(holders[r])}" for r in dup[:5])
+    shown += "; ..." if len(dup) > 5 else ""
+    raise JobError(f"{len(dup)} input(s) appear more than once ({shown}); the files that hold them: "
+                   f"{', '.join(files)}. Merge each shard once.")
+
+
 def merge_shards(paths: Sequence[str], out: str, *, overwrite: bool = False) -> MergeSummary:
     """Concatenate the shard (or per-process) TSVs of one job into ``out``, in job order.
 
@@ -630,7 +647,7 @@ def merge_shards(paths: Sequence[str], out: str, *, overwrite: bool = False) -> 
             raise JobError(f"{path} and {paths[0]} come from different runs (they differ in {', '.join(differ)}).")
     ids = _decode_ids(first["settings"]["input_ids"])
     rank = {int(i): r for r, i in enumerate(ids)}
-    header_line, by_rank = None, {}
+    header_line, by_rank, holders = None, {}, {}
     for path in paths:
         header, rows, dropped = tsv.read_complete_rows(path)
         if dropped:
@@ -643,9 +660,9 @@ def merge_shards(paths: Sequence[str], out: str, *, overwrite: bool = False) -> 
             idx = int(line.split("\t", 1)[0])
             if idx not in rank:
                 raise JobError(f"{path} has a row for idx {idx}, which is not an input of this job.")
-            if rank[idx] in by_rank:
-                raise JobError(f"idx {idx} appears more than once (in {path}); merge each shard once.")
             by_rank[rank[idx]] = line
+            holders.setdefault(rank[idx], []).append(path)
+    _check_no_duplicates(ids, holders)
     missing = [int(ids[r]) for r in range(len(ids)) if r not in by_rank]
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
@@ -656,8 +673,9 @@ def merge_shards(paths: Sequence[str], out: str, *, overwrite: bool = False) -> 
     record = dict(first, status="complete", out=os.path.basename(out), finished_utc=_now(),
                   settings=dict(first["settings"], shard=None, process=None),
                   inputs={"job": len(ids), "this_file": len(ids)},
-                  merged_from=[{"path": os.path.relpath(p, os.path.dirname(os.path.abspath(out))), "sha256": file_sha256(p),
-                                "shard": s["settings"].get("shard"), "process": s["settings"].get("process")}
+                  merged_from=[{"path": os.path.relpath(p, os.path.dirname(os.path.abspath(out))),
+                                "sha256": file_sha256(p), "shard": s["settings"].get("shard"),
+                                "process": s["settings"].get("process")}
                                for p, s in zip(paths, sidecars)])
     record.pop("sessions", None)
     _write_sidecar(sidecar_path(out), record)
