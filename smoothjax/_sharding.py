@@ -1,27 +1,40 @@
 """Spreading certification over devices and hosts: a mesh of inputs x samples (private).
 
 The per-input programs of :mod:`smoothjax.sampling` and :mod:`smoothjax.pipeline` run under
-``jax.shard_map`` over a 2-D mesh with axes ``("inputs", "samples")``: the inputs are split over
-the first axis; every input's noise samples are split over the second (device ``s`` of ``S``
+``jax.shard_map`` over a mesh with the axes ``"inputs"`` and ``"samples"``: the inputs are split
+over the first; every input's noise samples are split over the second (device ``s`` of ``S``
 evaluates the chunks ``s, s + S, ...``) and its statistics reduced over it. Every input's noise is
 a function of ``(key, input_id, sample index)``, so counts are bitwise equal for every mesh.
-Parameters are replicated (or keep their own sharding when the caller already sharded them).
+
+Parameters. The program is manual over ``"inputs"`` and ``"samples"`` only. The mesh may have
+further axes (e.g. ``"model"``): parameters the caller sharded over them (a ``NamedSharding`` on
+the same mesh) keep that sharding and XLA partitions the model over those axes (tensor
+parallelism); parameters that are not sharded are replicated. A parameter sharded over
+``"inputs"`` or ``"samples"`` is refused (:func:`check_params`): every device of those axes runs
+the whole model on its own inputs and samples, so it needs every parameter.
 
 Hosts. With several processes (``jax.distributed``), :func:`shard_inputs` builds global arrays
 from each process's *local* inputs (``jax.make_array_from_process_local_data``): every process
 passes its own inputs and gets its own results back from :func:`local_results`. Processes may
 pass different numbers of inputs: each pads to the largest (repeating its last input) and drops
 the padding from its results, so no input is lost or duplicated. A mesh whose inputs axis does
-not split evenly over the processes is refused with a ``ValueError``.
+not split evenly over the processes is refused with a ``ValueError``, and so is one whose devices
+at one position of the inputs axis (all their samples and model shards) span several processes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.typing import ArrayLike
 
 INPUTS, SAMPLES = "inputs", "samples"
+
+T = TypeVar("T")
 
 
 def default_mesh(batch: int | None = None) -> Mesh:
@@ -44,6 +57,10 @@ def default_mesh(batch: int | None = None) -> Mesh:
 def make_mesh(inputs: int, samples: int) -> Mesh:
     """An ``inputs x samples`` mesh of all devices (``inputs * samples == jax.device_count()``).
 
+    For a mesh with a further axis to shard the parameters over (tensor parallelism), build the
+    ``Mesh`` directly, e.g. ``Mesh(np.asarray(jax.devices()).reshape(1, 2, 2), ("inputs",
+    "samples", "model"))``.
+
     Example:
       >>> mesh = make_mesh(jax.device_count(), 1)
       >>> dict(mesh.shape)
@@ -56,30 +73,97 @@ def make_mesh(inputs: int, samples: int) -> Mesh:
     return Mesh(np.asarray(jax.devices()).reshape(inputs, samples), (INPUTS, SAMPLES))
 
 
-def check_mesh(mesh) -> Mesh:
-    """``mesh`` if it is a ``Mesh`` with exactly the axes ``("inputs", "samples")``, else ValueError."""
-    if not isinstance(mesh, Mesh) or tuple(mesh.axis_names) != (INPUTS, SAMPLES):
+def check_mesh(mesh: Any) -> Mesh:
+    """``mesh`` if it is a ``Mesh`` with the axes ``"inputs"`` and ``"samples"`` (others allowed), else ValueError."""
+    if not isinstance(mesh, Mesh) or not {INPUTS, SAMPLES} <= set(mesh.axis_names):
         names = getattr(mesh, "axis_names", type(mesh).__name__)
-        raise ValueError(f"mesh must be a jax.sharding.Mesh with axes ('inputs', 'samples'); got {names}. "
-                         "Build one with smoothjax.make_mesh(inputs, samples).")
+        raise ValueError(f"mesh must be a jax.sharding.Mesh with the axes 'inputs' and 'samples' (and optionally "
+                         f"others, e.g. 'model'); got {names}. Build one with smoothjax.make_mesh(inputs, samples).")
+    return mesh
+
+
+def _spec_axes(spec: PartitionSpec) -> set[str]:
+    """The mesh axis names a ``PartitionSpec`` shards over."""
+    names: set[str] = set()
+    for entry in spec:
+        for name in entry if isinstance(entry, tuple) else (entry,):
+            if isinstance(name, str):
+                names.add(name)
+    return names
+
+
+def _sharded_leaves(params: Any) -> list[tuple[str, jax.Array]]:
+    """``(path, leaf)`` for the parameters that are arrays split over several devices."""
+    out = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) \
+                and not leaf.sharding.is_fully_replicated:
+            out.append((jax.tree_util.keystr(path) or "params", leaf))
+    return out
+
+
+def check_params(mesh: Mesh, params: Any) -> None:
+    """ValueError unless every parameter is replicated or sharded over axes of ``mesh`` other than inputs/samples.
+
+    A sharded parameter must be a ``jax.Array`` with a ``NamedSharding`` over ``mesh`` itself; it
+    keeps that sharding in the compiled program. Sharding over ``"inputs"`` or ``"samples"`` is
+    refused: every device of those axes evaluates the whole model on its own inputs and samples.
+    """
+    for name, leaf in _sharded_leaves(params):
+        sharding = leaf.sharding
+        if not isinstance(sharding, NamedSharding) or sharding.mesh != mesh:
+            where = (f"a mesh with axes {dict(sharding.mesh.shape)}" if isinstance(sharding, NamedSharding)
+                     else f"a {type(sharding).__name__}")
+            raise ValueError(
+                f"parameter {name} is sharded over {where}, not over the mesh certification runs on "
+                f"(axes {dict(mesh.shape)}). Shard the parameters with a NamedSharding over the mesh you pass "
+                "as mesh= (a Mesh with the axes 'inputs' and 'samples' plus the parameters' axes, e.g. 'model'), "
+                "or replicate them.")
+        wrong = sorted(_spec_axes(sharding.spec) & {INPUTS, SAMPLES})
+        if wrong:
+            raise ValueError(
+                f"parameter {name} is sharded over the mesh axis {wrong[0]!r} ({sharding.spec}); every device of "
+                "the 'inputs' and 'samples' axes evaluates the whole model, so parameters may be sharded only "
+                "over other mesh axes (e.g. 'model') or replicated.")
+
+
+def resolve_mesh(mesh: Any, batch: int, params: Any = None) -> Mesh:
+    """The mesh of a call, with the parameters checked against it (:func:`check_params`).
+
+    ``mesh`` when given (checked by :func:`check_mesh`); else the mesh the parameters are sharded
+    over, when they are sharded over one mesh with the axes ``"inputs"`` and ``"samples"``; else
+    :func:`default_mesh`.
+    """
+    if mesh is None:
+        meshes = {leaf.sharding.mesh for _, leaf in _sharded_leaves(params) if isinstance(leaf.sharding, NamedSharding)}
+        if len(meshes) == 1:
+            (own,) = meshes
+            if isinstance(own, Mesh) and {INPUTS, SAMPLES} <= set(own.axis_names):
+                mesh = own
+        if mesh is None:
+            mesh = default_mesh(batch)
+    else:
+        mesh = check_mesh(mesh)
+    check_params(mesh, params)
     return mesh
 
 
 def _local_positions(mesh: Mesh) -> int:
-    """How many positions of the inputs axis this process's devices hold (each with all samples)."""
+    """How many positions of the inputs axis this process's devices hold (each with all its other devices)."""
     local = {d.id for d in jax.local_devices()}
-    rows = [i for i in range(mesh.shape[INPUTS]) if any(d.id in local for d in mesh.devices[i])]
-    for i in rows:
-        if not all(d.id in local for d in mesh.devices[i]):
-            raise ValueError("the samples axis of the mesh spans several processes; put each process's devices "
-                             "on whole rows of the inputs axis (e.g. smoothjax.make_mesh(jax.device_count() // k, k) "
-                             "with k <= jax.local_device_count()).")
+    positions = np.moveaxis(mesh.devices, list(mesh.axis_names).index(INPUTS), 0).reshape(mesh.shape[INPUTS], -1)
+    rows = [row for row in positions if any(d.id in local for d in row)]
+    for row in rows:
+        if not all(d.id in local for d in row):
+            raise ValueError("the samples axis (or another axis) of the mesh spans several processes at one position "
+                             "of the inputs axis; put each process's devices on whole rows of the inputs axis (e.g. "
+                             "smoothjax.make_mesh(jax.device_count() // k, k) with k <= jax.local_device_count()).")
     if not rows:
         raise ValueError("this process owns no device of the mesh.")
     return len(rows)
 
 
-def shard_inputs(mesh: Mesh, *arrays):
+def shard_inputs(mesh: Mesh, *arrays: ArrayLike) -> tuple[Any, ...]:
     """Global arrays, sharded over the inputs axis, from this process's ``[batch, ...]`` NumPy arrays.
 
     Pads the batch (repeating the last entry) to a multiple of this process's share of the inputs
@@ -110,7 +194,7 @@ def shard_inputs(mesh: Mesh, *arrays):
     return (*out, batch)
 
 
-def local_results(mesh: Mesh, tree, local: int):
+def local_results(mesh: Mesh, tree: Any, local: int) -> Any:
     """This process's rows of the global results ``tree`` (NumPy arrays), padding dropped."""
 
     def take(a):
@@ -125,19 +209,21 @@ def local_results(mesh: Mesh, tree, local: int):
     return jax.tree_util.tree_map(take, tree)
 
 
-def run(fn, mesh: Mesh, batch_args, replicated_args):
+def run(fn: Callable[..., T], mesh: Mesh, batch_args: Sequence[jax.Array], replicated_args: Sequence[Any]) -> T:
     """``fn(*batch_args, *replicated_args)`` under ``shard_map``: batch args split over the inputs axis.
 
     ``fn`` may use the ``"samples"`` axis for collectives; its outputs must have a leading input
-    axis and be identical across the samples axis (they are reduced over it).
+    axis and be identical across the samples axis (they are reduced over it). The program is
+    manual over ``"inputs"`` and ``"samples"`` only: ``replicated_args`` are replicated over those
+    two axes and keep their sharding over any other axis of ``mesh``, where XLA partitions ``fn``.
     """
     spec = PartitionSpec
     in_specs = (spec(INPUTS),) * len(batch_args) + (spec(),) * len(replicated_args)
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec(INPUTS), check_vma=False)(
-        *batch_args, *replicated_args)
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec(INPUTS),
+                         axis_names=frozenset({INPUTS, SAMPLES}), check_vma=False)(*batch_args, *replicated_args)
 
 
-def gather_results(tree):
+def gather_results(tree: T) -> T:
     """Every process's results, concatenated in process order (a no-op with one process).
 
     Call it on every process with that process's :func:`smoothjax.certify` result (or any pytree

@@ -11,9 +11,10 @@ static configuration; repeated calls do not recompile when the same ``apply_fn``
 2. on the host CPU, in float64 (``jax.enable_x64`` scoped to this program; no global setting is
    changed): the confidence bounds and radii of every requested method.
 
-The device program is ``shard_map``-ped over a mesh ``("inputs", "samples")`` (``mesh=``; default
-every device on the inputs axis), also across processes (:mod:`smoothjax._sharding`). The host sits
-between the two programs once per call, never inside the per-sample loop.
+The device program is ``shard_map``-ped over a mesh with the axes ``"inputs"`` and ``"samples"``
+(``mesh=``; default every device on the inputs axis), also across processes; parameters the caller
+sharded over further mesh axes (e.g. ``"model"``) keep their sharding (:mod:`smoothjax._sharding`).
+The host sits between the two programs once per call, never inside the per-sample loop.
 
 Float32-only mode. ``certify(..., certificate_math="device")``, or any call under an outer
 ``jit`` (traced inputs), runs statistics and math in one program on the device in the ambient
@@ -77,11 +78,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.typing import ArrayLike
 
 from smoothjax import _sharding
 from smoothjax import _validation as V
@@ -197,7 +201,19 @@ def _precision_tags(apply_fn, params, xs):
 # ----------------------------------------------------------------------------- predict
 
 
-def predict(apply_fn, params, xs, key, *, sigma, n: int, alpha, batch_size: int, input_ids=None, mesh=None):
+def predict(
+    apply_fn: Callable,
+    params: Any,
+    xs: ArrayLike,
+    key: jax.Array,
+    *,
+    sigma: ArrayLike,
+    n: int,
+    alpha: ArrayLike,
+    batch_size: int,
+    input_ids: ArrayLike | None = None,
+    mesh: Mesh | None = None,
+) -> np.ndarray | jax.Array:
     """Cohen et al.'s PREDICT for a batch: the top class, or -1 where the binomial test fails.
 
     With ``n`` noise samples per input, ``n_A, n_B`` the two largest class counts: predict ``c_A``
@@ -209,10 +225,11 @@ def predict(apply_fn, params, xs, key, *, sigma, n: int, alpha, batch_size: int,
       xs: ``[batch, *input_shape]`` inputs. key: PRNG key. sigma: noise std (input units).
       n: static number of samples. alpha: test level in (0, 1). batch_size: samples per input per step.
       input_ids: ``[batch]`` ids the per-input keys are derived from (default ``arange(batch)``).
-      mesh: optional ``Mesh`` with axes ``("inputs", "samples")`` (see :func:`certify`).
+      mesh: optional ``Mesh`` with the axes ``"inputs"`` and ``"samples"`` and possibly others
+        (see :func:`certify`, also for sharded ``params``).
 
     Returns:
-      int32 ``[batch]`` predictions (-1 = abstain).
+      int32 ``[batch]`` predictions (-1 = abstain): a NumPy array (a traced array under an outer ``jit``).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np
@@ -230,7 +247,7 @@ def predict(apply_fn, params, xs, key, *, sigma, n: int, alpha, batch_size: int,
     if not V.is_concrete((xs, sigma, alpha, ids)):
         counts, nonfinite, finite = _predict_statistics(apply_fn, params, jnp.asarray(xs), key, ids, sigma, **flags)
         return _predict_math(counts, nonfinite, finite, alpha)
-    mesh = _sharding.default_mesh(np.shape(xs)[0]) if mesh is None else _sharding.check_mesh(mesh)
+    mesh = _sharding.resolve_mesh(mesh, np.shape(xs)[0], params)
     xs = np.asarray(xs)
     xs_g, ids_g, local = _sharding.shard_inputs(mesh, xs, np.asarray(ids))
     sigma_dev = jnp.asarray(sigma, noise_dtype(xs))
@@ -275,20 +292,20 @@ def _flat(xs):
 
 
 def certify(
-    apply_fn,
-    params,
-    xs,
-    key,
+    apply_fn: Callable,
+    params: Any,
+    xs: ArrayLike,
+    key: jax.Array,
     *,
-    sigma,
+    sigma: ArrayLike,
     n0: int,
     n: int,
-    alpha,
+    alpha: ArrayLike,
     batch_size: int,
-    methods=DEFAULT_METHODS,
-    subspace=None,
-    input_ids=None,
-    mesh=None,
+    methods: str | Sequence[str] = DEFAULT_METHODS,
+    subspace: ArrayLike | None = None,
+    input_ids: ArrayLike | None = None,
+    mesh: Mesh | None = None,
     certificate_math: str = "host",
     rows_per_call: int | None = None,
 ) -> CertifyResult:
@@ -297,7 +314,8 @@ def certify(
     Args:
       apply_fn: pure ``apply_fn(params, x [m, *input_shape]) -> logits [m, num_classes]`` (pass the
         same function object on every call: it is a static argument of the compiled program).
-      params: pytree of model parameters (replicated over the devices).
+      params: pytree of model parameters: replicated over the devices, except arrays the caller
+        sharded (a ``NamedSharding`` over ``mesh``), which keep their sharding (see ``mesh``).
       xs: ``[batch, *input_shape]`` inputs; noise is drawn and added in float32 (float64 for
         float64 inputs), the model computes in its own dtype.
       key: PRNG key (``jax.random.key``).
@@ -310,9 +328,15 @@ def certify(
       subspace: optional boolean mask of the input shape selecting the coordinates an adversary
         may perturb; adds ``"subspace_l2"``.
       input_ids: ``[batch]`` ids (e.g. dataset indices) the noise keys derive from.
-      mesh: optional ``jax.sharding.Mesh`` with axes ``("inputs", "samples")``
-        (``smoothjax.make_mesh(i, s)``); default: every device on the inputs axis. With several
-        processes each passes its own inputs and gets its own results.
+      mesh: optional ``jax.sharding.Mesh`` with the axes ``"inputs"`` and ``"samples"``
+        (``smoothjax.make_mesh(i, s)``) and possibly others, e.g. ``"model"``. The program is
+        manual over inputs and samples only: parameters sharded over the other axes keep that
+        sharding and XLA partitions the model over them (tensor parallelism); parameters sharded
+        over ``"inputs"`` or ``"samples"``, or over another mesh, raise ``ValueError`` (every
+        device of those axes evaluates the whole model). Default: the mesh the parameters are
+        sharded over if it has those two axes, else every device on the inputs axis (few inputs:
+        their samples split too). With several processes each passes its own inputs and gets its
+        own results.
       certificate_math: ``"host"`` (default: float64 on the host CPU) or ``"device"`` (float32-only
         mode: one program in the ambient precision, see the module docstring).
       rows_per_call: static, optional cap on the rows of one model call (default: all inputs of a
@@ -325,7 +349,8 @@ def certify(
 
     Raises:
       ValueError: bad sigma, alpha, sample counts (n0 > n, odd n or batch_size with pair methods),
-        unknown methods, NaN/inf inputs, inputs the model rejects, a malformed subspace mask or mesh.
+        unknown methods, NaN/inf inputs, inputs the model rejects, a malformed subspace mask or mesh,
+        parameters sharded over the inputs or samples axis or over another mesh.
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np
@@ -362,7 +387,7 @@ def certify(
         mask_j = None if mask is None else jnp.asarray(mask)
         return _certify_one_program(apply_fn, params, jnp.asarray(xs), key, jnp.asarray(ids), sigma_f, alpha_f, mask_j,
                   config=config, tags=tuple(tags.items()))
-    mesh = _sharding.default_mesh(np.shape(xs)[0]) if mesh is None else _sharding.check_mesh(mesh)
+    mesh = _sharding.resolve_mesh(mesh, np.shape(xs)[0], params)
     xs = np.asarray(xs)
     xs_g, ids_g, local = _sharding.shard_inputs(mesh, xs, np.asarray(ids))
     device_out = _statistics_jit(apply_fn, params, xs_g, key, ids_g, jnp.asarray(sigma, noise_dtype(xs)),
@@ -467,7 +492,8 @@ def _certificates(stats: SampleStatistics, selection_counts, selection_nonfinite
     if "sos_l2" in methods:
         # the dot-product estimate widened by its accumulation bound (toward a larger gradient)
         est = (jnp.asarray(stats.dot_sum) + jnp.asarray(stats.dot_sum_error)) / stats.num_pairs
-        grad_up = sos_grad_norm_upper(est, stats.num_pairs, dim=config.dim, sigma=sigma, alpha=alpha / 2, p_lower=p_half)
+        grad_up = sos_grad_norm_upper(est, stats.num_pairs, dim=config.dim, sigma=sigma, alpha=alpha / 2,
+                                      p_lower=p_half)
         radii["sos_l2"] = sos_radius(p_half, grad_up, sigma)
         p_lower["sos_l2"] = p_half
         bounds["sos_grad_norm_upper"] = grad_up
@@ -592,7 +618,8 @@ def _first_order_radii(stats, p_lower, sigma, alpha_each, mask, subspace_dim, me
         keep = jnp.asarray(mask).reshape(-1).astype(mean_a.dtype)
         hi_a, hi_b = _box_corner(mean_a, mean_b, err, lowest=False)
         bounds["subspace_grad_l2_upper"] = grad_dual_norm_upper(
-            hi_a * keep[None], hi_b * keep[None], num_a, num_b, sigma=sigma, alpha=alpha_each, p=2, subspace_dim=subspace_dim
+            hi_a * keep[None], hi_b * keep[None], num_a, num_b, sigma=sigma, alpha=alpha_each, p=2,
+            subspace_dim=subspace_dim,
         )
         rows.append(("subspace_l2", bounds["subspace_grad_l2_upper"], 1))
     dual = jnp.stack([r[1] for r in rows])  # [k, batch]
@@ -607,7 +634,17 @@ def _first_order_radii(stats, p_lower, sigma, alpha_each, mask, subspace_dim, me
     return radii, bounds, converged
 
 
-def certify_in_batches(apply_fn, params, xs, key, *, inputs_per_call: int, input_ids=None, callback=None, **kwargs):
+def certify_in_batches(
+    apply_fn: Callable,
+    params: Any,
+    xs: ArrayLike,
+    key: jax.Array,
+    *,
+    inputs_per_call: int,
+    input_ids: ArrayLike | None = None,
+    callback: Callable[[int, int], object] | None = None,
+    **kwargs: Any,
+) -> CertifyResult:
     """:func:`certify` over a large dataset, ``inputs_per_call`` inputs at a time, one compiled program.
 
     Input ``i`` uses the id ``input_ids[i]`` (default ``i``), so the result equals one big

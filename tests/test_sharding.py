@@ -123,6 +123,119 @@ def test_sharded_program_uses_every_device():
     assert devices == "4" and int(rows) == 2 * 50
 
 
+# A small Flax MLP (4 -> 22 -> 6) whose Dense kernels are split over a "model" mesh axis (tensor
+# parallelism, [in, out] -> [in, out / 2] per device). argv: the output file; with 1 device the
+# reference run, with 4 the meshes (inputs, samples, model) = (1, 2, 2) and (2, 1, 2), the compiled
+# program of the first and the refused shardings.
+MODEL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import flax.linen as nn
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import smoothjax
+    from smoothjax import _sharding, pipeline
+    from smoothjax.flax_adapters import linen_apply_fn
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(6)(nn.relu(nn.Dense(22)(x.reshape((x.shape[0], -1)))))
+
+    module = MLP()
+    apply_fn, params = linen_apply_fn(module, module.init(jax.random.key(0), jnp.zeros((1, 2, 2))))
+    xs = np.linspace(-0.5, 0.5, 20).reshape(5, 2, 2).astype(np.float32)
+    key = jax.random.key(7)
+    kw = dict(sigma=0.5, n0=50, n=1000, alpha=0.01, batch_size=100, methods=("cohen_l2", "sos_l2", "dipole_l2"))
+
+    def save(out, tag, res):
+        out[tag + "prediction"] = np.asarray(res.prediction)
+        out[tag + "certify_counts"] = np.asarray(res.statistics.counts)
+        out[tag + "selection_counts"] = np.asarray(res.selection_counts)
+        for name, r in res.radii.items():
+            out[tag + "radius_" + name] = np.asarray(r)
+
+    def place(mesh, kernel_spec):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, p: jax.device_put(p, NamedSharding(mesh, kernel_spec if path[-1].key == "kernel" else P())),
+            params)
+
+    def refused(**kw_call):
+        try:
+            smoothjax.certify(apply_fn, key=key, xs=xs, **kw, **kw_call)
+        except ValueError as err:
+            return str(err)
+        raise AssertionError("not refused")
+
+    out = {}
+    if jax.device_count() == 1:
+        save(out, "1x1_", smoothjax.certify(apply_fn, params, xs, key, **kw))
+    else:
+        devices = np.asarray(jax.devices())
+        for shape in ((1, 2, 2), (2, 1, 2)):
+            mesh = Mesh(devices.reshape(shape), ("inputs", "samples", "model"))
+            sharded = place(mesh, P(None, "model"))
+            save(out, "%dx%dx%d_" % shape, smoothjax.certify(apply_fn, sharded, xs, key, mesh=mesh, **kw))
+            if shape == (1, 2, 2):
+                # the compiled device program of that call: its parameters arrive split over "model"
+                # and the whole kernels never appear in it
+                config = pipeline._config(kw["methods"], n0=50, n=1000, batch_size=100, dim=4, subspace_dim=None,
+                                          xs_dtype=np.float32)
+                xs_g, ids_g, _ = _sharding.shard_inputs(mesh, xs, np.arange(5, dtype=np.uint32))
+                compiled = pipeline._statistics_jit.lower(apply_fn, sharded, xs_g, key, ids_g, jnp.float32(0.5),
+                                                          mesh=mesh, config=config).compile()
+                for layer, full in (("Dense_0", (4, 22)), ("Dense_1", (22, 6))):
+                    got = compiled.input_shardings[0][0]["params"][layer]["kernel"]
+                    assert got.spec == P(None, "model"), got
+                    out[layer + "_shard_shape"] = np.asarray(got.shard_shape(full))
+                out["hlo"] = np.asarray(compiled.as_text())
+                # no mesh= : the mesh the parameters are sharded over
+                own = smoothjax.certify(apply_fn, sharded, xs, key, **kw)
+                out["own_mesh_counts"] = np.asarray(own.statistics.counts)
+                out["error_samples"] = np.asarray(refused(params=place(mesh, P(None, "samples")), mesh=mesh))
+                out["error_inputs"] = np.asarray(refused(params=place(mesh, P("inputs", "model")), mesh=mesh))
+                other = Mesh(devices.reshape(2, 2), ("data", "model"))
+                out["error_other_mesh"] = np.asarray(refused(params=place(other, P(None, "model")), mesh=mesh))
+        # any axis order; the inputs positions of a (model, inputs, samples) mesh
+        mesh = Mesh(devices.reshape(2, 2, 1), ("model", "inputs", "samples"))
+        out["positions"] = np.asarray(_sharding._local_positions(_sharding.check_mesh(mesh)))
+    np.savez(sys.argv[1], **out)
+    """
+)
+
+
+def _run_model(path, devices):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    done = subprocess.run([sys.executable, "-c", MODEL_SCRIPT, str(path)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(np.load(path))
+
+
+def test_parameters_sharded_over_a_model_axis_stay_sharded(tmp_path):
+    """Dense kernels split over a "model" axis: counts bitwise equal to one device on the meshes
+    (inputs, samples, model) = (1, 2, 2) and (2, 1, 2), radii equal, the kernels split in the
+    compiled program; parameters sharded over inputs, samples or another mesh are refused."""
+    one = _run_model(tmp_path / "one.npz", 1)
+    four = _run_model(tmp_path / "four.npz", 4)
+    for shape in ("1x2x2_", "2x1x2_"):
+        for name in ("prediction", "certify_counts", "selection_counts"):
+            np.testing.assert_array_equal(four[shape + name], one["1x1_" + name], err_msg=shape + name)
+        for name in ("cohen_l2", "sos_l2", "dipole_l2"):
+            np.testing.assert_allclose(four[shape + "radius_" + name], one["1x1_radius_" + name], rtol=1e-12,
+                                       atol=1e-12, err_msg=shape + name)
+    assert one["1x1_radius_cohen_l2"].max() > 0  # something is certified
+    np.testing.assert_array_equal(four["own_mesh_counts"], one["1x1_certify_counts"])
+    # each device holds half of every kernel, and the compiled program never builds a whole one
+    assert four["Dense_0_shard_shape"].tolist() == [4, 11] and four["Dense_1_shard_shape"].tolist() == [22, 3]
+    hlo = str(four["hlo"])
+    assert "f32[4,11]" in hlo and "f32[22,3]" in hlo
+    assert "f32[4,22]" not in hlo and "f32[22,6]" not in hlo
+    assert "'samples'" in str(four["error_samples"]) and "'inputs'" in str(four["error_inputs"])
+    assert "not over the mesh certification runs on" in str(four["error_other_mesh"])
+    assert int(four["positions"]) == 2
+
+
 # Each of 2 processes (2 CPU devices each, gloo collectives) certifies ITS OWN inputs: process 0
 # the dataset ids [0, 2, 4], process 1 the ids [1, 3] (uneven on purpose), on a 2 x 2 mesh whose
 # samples axis stays inside a process.
