@@ -157,8 +157,8 @@ def test_bfloat16_inputs_get_float32_noise():
 @pytest.mark.slow  # Theorem 3 compiles slowly: the default run keeps it under 10 minutes
 def test_float32_only_mode_is_sound_against_float64_math():
     """certificate_math='device' in a float32 process: radii never above the float64 host radii."""
-    code = """
-import sys; sys.path.insert(0, %r)
+    code = f"""
+import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
 import jax, numpy as np, smoothjax
 from analytic_classifiers import HalfSpace, unit_vector
 clf = HalfSpace(unit_vector((4, 4), seed=2), 0.1)
@@ -171,7 +171,7 @@ for m in kw["methods"]:
     assert str(dev.radii[m].dtype) == "float32", dev.radii[m].dtype
     assert np.all(d <= h) and np.all(d >= h * (1 - 1e-2)), (m, h, d)
 print("ok")
-""" % os.path.join(os.path.dirname(__file__))
+"""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
