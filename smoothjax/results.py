@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.typing import ArrayLike
 
 from smoothjax.sampling import SampleStatistics
 
@@ -49,7 +50,7 @@ class AbstainReason(enum.IntFlag):
     INVALID_ARGUMENT = 16
 
 
-def abstain_reasons(mask) -> list[str]:
+def abstain_reasons(mask: ArrayLike) -> list[str]:
     """The names of the reasons set in one ``abstain_reason`` value (empty when certified).
 
     Example:
