@@ -474,7 +474,7 @@ def macer_loss(
     usable = (z_a < 1.0) & (z_b > floor)
     xi = ndtri(jnp.where(usable, z_a, 0.75)) - ndtri(jnp.where(usable, z_b, 0.25))
     sig = jnp.asarray(sigma, dtype)
-    hinge = jnp.where((top_idx == y) & usable, jnp.maximum(gamma - xi, 0.0), 0.0)
+    hinge = jnp.where((top_idx.astype(y.dtype) == y) & usable, jnp.maximum(gamma - xi, 0.0), 0.0)
     return jnp.mean(ce + lam * (sig / 2) * hinge)
 
 
@@ -672,7 +672,7 @@ def certified_radius_loss(
         l2, l1, linf = gradient_norms(grad_x)
         options.update(grad_l2=l2, grad_l1=l1, grad_linf=linf, dim=int(math.prod(x.shape[1:])))
     r = soft_radius(radius, p_y, sigma, **options)
-    correct = jnp.argmax(p_soft, axis=-1) == y
+    correct = jnp.argmax(p_soft, axis=-1).astype(y.dtype) == y
     sig = jnp.asarray(sigma, r.dtype)
     hinge = jnp.where(correct, jnp.maximum(gamma - r / sig, 0.0), 0.0)
     return jnp.mean(ce) + weight * (sig / 2) * jnp.mean(hinge)

@@ -117,6 +117,7 @@ def gaussian_panel_rule(lo: ArrayLike, hi: ArrayLike, *,
     hi = jnp.clip(jnp.asarray(hi, dtype), -WINDOW, WINDOW)
     lo, hi = jnp.broadcast_arrays(lo, hi)
     hi = jnp.maximum(hi, lo)
+    t, wt = (v.reshape((1,) * lo.ndim + v.shape) for v in (t, wt))  # rank of lo[..., None]
     edges = [lo] + [jnp.clip(jnp.asarray(b, dtype), lo, hi) for b in BREAKPOINTS] + [hi]
     xs, ws = [], []
     for a, b in zip(edges[:-1], edges[1:]):

@@ -3,10 +3,9 @@
 Every test runs with ``jax_enable_x64`` on (set here, before any test traces: the certificate
 math is tested in float64; float32 behaviour is tested in subprocesses). Tests also run under
 ``jax.numpy_dtype_promotion("strict")`` and ``jax.numpy_rank_promotion("raise")``, so an implicit
-float32 -> float64 promotion or an implicit rank broadcast in the code under test is an error,
-except in the test modules listed in :data:`_NOT_YET_STRICT` (their code under test still relies
-on implicit promotion). Set ``SMOOTHJAX_STRICT_PROMOTION=0`` to run everything with JAX's default
-promotion, or ``SMOOTHJAX_STRICT_PROMOTION=all`` to run every module strictly (allow-list ignored).
+float32 -> float64 promotion or an implicit rank broadcast in the code under test is an error.
+Set ``SMOOTHJAX_STRICT_PROMOTION=0`` to run everything with JAX's default promotion (to tell a
+promotion error from a numerical one).
 """
 
 import contextlib
@@ -22,27 +21,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("SMOOTHJAX_SHARED", ROOT.parent / "shared"))
 PEER_DATA = SHARED / "peer-data" / "levine"
 
-# Test modules whose code under test does not yet pass strict dtype / rank promotion.
-_NOT_YET_STRICT = frozenset(
-    {
-        "test_cli",
-        "test_notebooks",
-        "test_objectives",
-        "test_quadrature",
-        "test_radius_gradients",
-        "test_training",
-    }
-)
-_STRICT = os.environ.get("SMOOTHJAX_STRICT_PROMOTION", "1")
+_STRICT = os.environ.get("SMOOTHJAX_STRICT_PROMOTION", "1") != "0"
 
 
 def _strict(item: pytest.Item) -> bool:
-    if _STRICT == "0":
-        return False
-    module = getattr(item, "module", None)
-    if module is None:  # doctests and other non-Python items
-        return False
-    return _STRICT == "all" or module.__name__.rsplit(".", 1)[-1] not in _NOT_YET_STRICT
+    # doctests and other non-Python items have no module; they run with default promotion
+    return _STRICT and getattr(item, "module", None) is not None
 
 
 @pytest.hookimpl(wrapper=True)

@@ -41,7 +41,7 @@ def linear_apply(params, x):
 
 def dense_apply(params, x):
     """A general linear model ``x @ W + c`` (C classes), used for the edge and training tests."""
-    return x.reshape(x.shape[0], -1) @ params["W"] + params["c"]
+    return x.reshape(x.shape[0], -1) @ params["W"] + params["c"][None]
 
 
 def soft_p_reference(s, scale, sigma):
@@ -433,7 +433,7 @@ def test_smoothadv_does_not_differentiate_through_the_attack():
     xa = jnp.asarray(_numpy_pgd(params, x, np.asarray(y), noise, 1.0, 3))
 
     def fixed(p):
-        logits = (xa[None] + noise) @ p["W"] + p["c"]
+        logits = (xa[None] + noise) @ p["W"] + p["c"][None, None]
         return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, jnp.broadcast_to(y, logits.shape[:2])))
 
     ref = jax.grad(fixed)(params)  # CE at the adversarial points held fixed

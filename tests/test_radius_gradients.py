@@ -537,7 +537,7 @@ def test_gradient_through_radius_to_params(radius):
     rng = np.random.default_rng(3)
 
     def apply_fn(params, x):
-        return x.reshape(x.shape[0], -1) @ params["W"] + params["c"]
+        return x.reshape(x.shape[0], -1) @ params["W"] + params["c"][None]
 
     params = {"W": jnp.asarray(rng.standard_normal((dim, 3))), "c": jnp.asarray([1.5, 0.0, -0.5])}
     x = jnp.asarray(0.1 * rng.standard_normal((4, dim)))

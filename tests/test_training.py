@@ -153,7 +153,7 @@ def _nan_objective(monkeypatch, when):
 def test_non_finite_loss_stops_training_naming_epoch_and_step(monkeypatch, spirals):
     """The first batch of epoch 2 whose first input is the first training point: NaN there."""
     target = jnp.asarray(spirals.x[0])
-    _nan_objective(monkeypatch, lambda x: jnp.any(jnp.all(x == target, axis=-1)))
+    _nan_objective(monkeypatch, lambda x: jnp.any(jnp.all(x == target[None], axis=-1)))
     # with batch 250 of 1000 points, every epoch has 4 steps and the point is in exactly one of them
     with pytest.raises(training.TrainingDiverged, match=r"epoch 1, step [1-4]: the loss is nan") as info:
         training.train(spirals, sigma=0.1, config=TINY, epochs=3, batch_size=250)

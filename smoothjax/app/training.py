@@ -234,10 +234,11 @@ def train(
                 yb = jax.lax.with_sharding_constraint(yb, batch_sharding)
             step_key = jax.random.fold_in(noise_key, epoch * steps_per_epoch + i)
             loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb, step_key)
-            updates, new_opt_state = optimizer.update(grads, opt_state, params)
+            with jax.numpy_dtype_promotion("standard"):  # optax's Adam raises a Python float to its int32 count
+                updates, new_opt_state = optimizer.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             noisy = xb + sigma * jax.random.normal(jax.random.fold_in(step_key, 1), xb.shape, xb.dtype)
-            acc = jnp.mean(jnp.argmax(apply_fn(params, noisy), axis=-1) == yb)
+            acc = jnp.mean(jnp.argmax(apply_fn(params, noisy), axis=-1).astype(yb.dtype) == yb)
             finite = jnp.isfinite(loss) & _all_finite(new_params)
             first_bad = (bad_step < 0) & ~finite
             bad_loss = jnp.where(first_bad, loss.astype(bad_loss.dtype), bad_loss)
@@ -299,5 +300,6 @@ def accuracy(apply_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray, *, s
     x = jnp.asarray(x, jnp.float32)
     if sigma > 0:
         x = x + sigma * jax.random.normal(jax.random.key(seed), x.shape, dtype=x.dtype)
+    y = jnp.asarray(y)
     pred = jnp.argmax(jax.jit(apply_fn)(params, x), axis=-1)
-    return float(jnp.mean(pred == jnp.asarray(y)))
+    return float(jnp.mean(pred.astype(y.dtype) == y))
