@@ -15,9 +15,9 @@ certify, ``sigma Phi^-1(alpha^(1/n))`` (all ``n`` samples correct).
 
 Usage::
 
-    python experiments/certificate_training.py                  # the full configuration (about 30 min on 2 shared cores)
-    python experiments/certificate_training.py --config small   # what the notebook runs (one seed)
-    python experiments/certificate_training.py --config test    # the reduced run of the test suite
+    python experiments/certificate_training.py                 # full configuration (~30 min, 2 shared cores)
+    python experiments/certificate_training.py --config small  # what the notebook runs (one seed)
+    python experiments/certificate_training.py --config test   # the reduced run of the test suite
 
 Writes ``DIR/results.json`` (settings, seeds, per-model radii and the summary), ``DIR/results.md``
 (the tables) and ``DIR/certified_accuracy.png`` (mean certified accuracy versus radius, one panel
@@ -265,9 +265,10 @@ def markdown(results: dict) -> str:
                       + " | ACR | at cap |", "|" + "---|" * (4 + len(radii))]
             for name, s in summary.items():
                 m = s[method]
-                cells = " | ".join(f"{m['certified_accuracy'][str(r)]['mean']:.3f} ± {m['certified_accuracy'][str(r)]['std']:.3f}"
-                                   for r in radii)
-                lines.append(f"| {name} | {s['clean_accuracy']['mean']:.3f} ± {s['clean_accuracy']['std']:.3f} | {cells} | "
+                cert = m["certified_accuracy"]
+                cells = " | ".join(f"{cert[str(r)]['mean']:.3f} ± {cert[str(r)]['std']:.3f}" for r in radii)
+                clean = s["clean_accuracy"]
+                lines.append(f"| {name} | {clean['mean']:.3f} ± {clean['std']:.3f} | {cells} | "
                              f"**{m['acr']['mean']:.4f}** ± {m['acr']['std']:.4f} | {s['at_cap']['mean']:.2f} |")
             best, best_baseline, tied = winners(summary, method)
             lines += ["", f"Highest mean ACR on {method}: **{best}**"
@@ -291,7 +292,8 @@ def plot(results: dict, path: str | None = None):
                              squeeze=False)
     for row, dataset in zip(axes, names):
         per_model = results["models"][dataset]
-        top = max(max(max(e["methods"][m]["radii"]) for e in entries for m in methods) for entries in per_model.values())
+        top = max(max(max(e["methods"][m]["radii"]) for e in entries for m in methods)
+                  for entries in per_model.values())
         grid = np.linspace(0, max(top * 1.05, 1e-3), 160)
         for ax, method in zip(row, methods):
             for i, (name, entries) in enumerate(per_model.items()):
@@ -323,7 +325,8 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--n", type=int, default=None)
-    parser.add_argument("--tables-only", action="store_true", help="rewrite results.md and the plot from OUT/results.json")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="rewrite results.md and the plot from OUT/results.json")
     args = parser.parse_args(argv)
     if args.tables_only:
         with open(os.path.join(args.out, "results.json")) as fh:

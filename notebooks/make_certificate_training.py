@@ -64,6 +64,7 @@ cells = [
     ),
 ]
 
-nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+nb = new_notebook(cells=cells, metadata={"kernelspec": kernelspec})
 nbformat.write(nb, HERE / "certificate_training.ipynb")
 print("wrote", HERE / "certificate_training.ipynb")

@@ -16,7 +16,8 @@ from smoothjax.app import analysis, cli, models
 
 REQUIRED_MODULES = ("pipeline", "certificates", "gradient_bounds", "first_order", "theorem3")
 MISSING = [m for m in REQUIRED_MODULES if importlib.util.find_spec(f"smoothjax.{m}") is None]
-needs_pipeline = pytest.mark.skipif(bool(MISSING), reason=f"certify needs smoothjax.{', smoothjax.'.join(MISSING)} (not built yet)")
+needs_pipeline = pytest.mark.skipif(
+    bool(MISSING), reason=f"certify needs smoothjax.{', smoothjax.'.join(MISSING)} (not built yet)")
 
 
 @pytest.fixture(autouse=True)
@@ -67,10 +68,12 @@ ERROR_CASES = [
     (lambda t: ["certify", "--n0", "500", "--n", "100", "--out", str(t / "o.tsv")], "must not exceed --n"),
     (lambda t: ["certify", "--methods", "cohen,bogus", "--out", str(t / "o.tsv")], "unknown method 'bogus'"),
     (lambda t: ["certify", "--alpha", "1.5", "--out", str(t / "o.tsv")], "--alpha must lie"),
-    (lambda t: ["certify", "--subspace", "diagonal", "--methods", "subspace", "--out", str(t / "o.tsv")], "unknown --subspace"),
+    (lambda t: ["certify", "--subspace", "diagonal", "--methods", "subspace", "--out", str(t / "o.tsv")],
+     "unknown --subspace"),
     (lambda t: ["certify", "--dataset", "mnist7", "--out", str(t / "o.tsv")], "unknown dataset 'mnist7'"),
     (lambda t: ["train", "--sigma", "0.25", "--arch", "resnet", "--out", str(t / "m.msgpack")], "unknown architecture"),
-    (lambda t: ["train", "--sigma", "0.25", "--objective", "nope", "--out", str(t / "m.msgpack")], "unknown objective 'nope'"),
+    (lambda t: ["train", "--sigma", "0.25", "--objective", "nope", "--out", str(t / "m.msgpack")],
+     "unknown objective 'nope'"),
     (lambda t: ["train", "--sigma", "0.25", "--objective-option", "foo", "--out", str(t / "m.msgpack")], "KEY=VALUE"),
     (lambda t: ["analyze", str(t / "missing.tsv")], "not found"),
     (lambda t: ["analyze", _not_tsv(t)], "not a smoothjax certification TSV"),
@@ -82,8 +85,8 @@ ERROR_CASES = [
 ERROR_IDS = [
     "missing-model", "missing-npz", "wrong-input-shape", "x-y-length-mismatch", "npz-without-y", "sigma-zero",
     "sigma-negative", "train-sigma-zero", "n0-above-n", "unknown-method", "alpha-out-of-range", "unknown-subspace",
-    "unknown-dataset", "unknown-arch", "unknown-objective", "bad-objective-option", "missing-tsv", "not-a-tsv", "bad-radii", "non-integer-n", "missing-out",
-    "unknown-command",
+    "unknown-dataset", "unknown-arch", "unknown-objective", "bad-objective-option", "missing-tsv", "not-a-tsv",
+    "bad-radii", "non-integer-n", "missing-out", "unknown-command",
 ]
 
 
@@ -108,8 +111,8 @@ def test_console_script_error_has_no_traceback(tmp_path):
     exe = shutil.which("smoothjax")
     if exe is None:
         pytest.skip("the smoothjax console script is not installed (pip install -e .)")
-    proc = subprocess.run([exe, "certify", "--sigma", "0", "--out", str(tmp_path / "o.tsv")], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([exe, "certify", "--sigma", "0", "--out", str(tmp_path / "o.tsv")], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--sigma must be" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -136,7 +139,8 @@ def _write_tsv(path, rows, methods):
     with open(path, "w") as fh:
         fh.write("\t".join(["idx", "label", "predict", *[f"radius_{m}" for m in methods], "correct", "time"]) + "\n")
         for i, (label, pred, radii) in enumerate(rows):
-            fh.write("\t".join([str(i), str(label), str(pred), *[repr(r) for r in radii], str(int(label == pred)), "0.5"]) + "\n")
+            cells = [str(i), str(label), str(pred), *[repr(r) for r in radii], str(int(label == pred)), "0.5"]
+            fh.write("\t".join(cells) + "\n")
 
 
 def test_analyze_table_and_plots(tmp_path, capsys):
@@ -158,7 +162,8 @@ def test_analyze_table_and_plots(tmp_path, capsys):
     # independent: correct rows are 0 and 1; cohen radii 0.30 and 0.80
     np.testing.assert_allclose(analysis.certified_accuracy(table, "cohen_l2", [0, 0.25, 0.5, 0.75, 1.0]),
                                [0.5, 0.5, 0.25, 0.25, 0.0])
-    np.testing.assert_allclose(analysis.certified_accuracy(table, "first_order_l1", [0, 0.5, 1.0, 1.25]), [0.5, 0.5, 0.25, 0.0])
+    np.testing.assert_allclose(analysis.certified_accuracy(table, "first_order_l1", [0, 0.5, 1.0, 1.25]),
+                               [0.5, 0.5, 0.25, 0.0])
     assert analysis.average_certified_radius(table, "sos_l2") == pytest.approx((0.35 + 0.80) / 4)
     md = (out_dir / "summary.md").read_text()
     assert "| run | cohen_l2 | l2 | 0.500 | 0.500 | 0.250 | 0.250 | 0.000 | 0.275 |" in md
@@ -199,8 +204,9 @@ def test_train_command_writes_a_loadable_checkpoint(tmp_path, capsys):
 @needs_pipeline
 def test_certify_small_run_and_summary(tmp_path, capsys):
     out = tmp_path / "c.tsv"
-    code, stdout, err = _run_main(["certify", "--methods", "cohen,sos", "--n0", "32", "--n", "200", "--batch-size", "100",
-                                   "--max-inputs", "6", "--skip", "7", "--inputs-per-call", "4", "--out", str(out)], capsys)
+    code, stdout, err = _run_main(["certify", "--methods", "cohen,sos", "--n0", "32", "--n", "200",
+                                   "--batch-size", "100", "--max-inputs", "6", "--skip", "7", "--inputs-per-call", "4",
+                                   "--out", str(out)], capsys)
     assert code == 0, err
     table = analysis.read_tsv(str(out))
     assert table.methods == ["cohen_l2", "sos_l2"]
@@ -228,7 +234,8 @@ def test_certify_small_run_and_summary(tmp_path, capsys):
 def test_demo_in_a_fresh_directory(tmp_path):
     """The README's first command after install: `smoothjax demo --out DIR` (subprocess, fresh cwd)."""
     exe = shutil.which("smoothjax")
-    cmd = [exe, "demo", "--out", "demo-out"] if exe else [sys.executable, "-m", "smoothjax.app.cli", "demo", "--out", "demo-out"]
+    cmd = [exe] if exe else [sys.executable, "-m", "smoothjax.app.cli"]
+    cmd += ["demo", "--out", "demo-out"]
     start = time.perf_counter()
     env = dict(os.environ)
     env.pop("SMOOTHJAX_CACHE_DIR", None)  # as a user runs it (the default compilation cache)

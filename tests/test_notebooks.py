@@ -31,13 +31,12 @@ import json
 import pathlib
 import time
 
+import nbclient
+import nbformat
 import numpy as np
 import pytest
 from scipy.optimize import brentq
 from scipy.stats import norm
-
-import nbclient  # noqa: E402
-import nbformat  # noqa: E402
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 ALL_MODULES = ("pipeline", "certificates", "gradient_bounds", "first_order", "theorem3")
@@ -61,7 +60,10 @@ def slab_radius(p, grad):
     a_max = norm.ppf(1 - p)
     b_of = lambda a: norm.ppf(min(norm.cdf(a) + p, 1.0))
     a_sym = -norm.ppf((1 + p) / 2)
-    a = a_sym if grad <= 0 else brentq(lambda a: norm.pdf(a) - norm.pdf(b_of(a)) - grad, a_sym, a_max, xtol=1e-15, rtol=1e-15)
+    if grad <= 0:
+        a = a_sym
+    else:
+        a = brentq(lambda a: norm.pdf(a) - norm.pdf(b_of(a)) - grad, a_sym, a_max, xtol=1e-15, rtol=1e-15)
     b = b_of(a)
     return brentq(lambda r: slab_p(r, a, b) - 0.5, 0.0, 40.0, xtol=1e-15, rtol=1e-15)
 
@@ -151,7 +153,8 @@ def check_certificate_training(out):
             assert 0 < m["acr"] <= top
         assert np.all(np.asarray(entry["methods"]["cohen_l2"]["radii"]) <= top + 1e-12)
         tsv = read_tsv(out / "certificate_training" / f"{name}.tsv")
-        np.testing.assert_allclose([float(r["radius_cohen_l2"]) for r in tsv], entry["methods"]["cohen_l2"]["radii"], rtol=1e-12)
+        np.testing.assert_allclose([float(r["radius_cohen_l2"]) for r in tsv], entry["methods"]["cohen_l2"]["radii"],
+                                   rtol=1e-12)
     acr = {name: e["methods"]["cohen_l2"]["acr"] for name, e in results["models"].items()}
     assert acr["cohen_l2"] > acr["gaussian"], acr  # the objective improves the radius it targets
 
@@ -159,7 +162,8 @@ def check_certificate_training(out):
 # notebook -> (smoothjax modules it needs, figures it must write, check of its saved numbers)
 KNOWN = {
     "second_order_figure1.ipynb": (("theorem3", "certificates"),
-                                   ("second_order_fig1a_lower_bound", "second_order_fig1b_radius_vs_gradient"), check_second_order),
+                                   ("second_order_fig1a_lower_bound", "second_order_fig1b_radius_vs_gradient"),
+                                   check_second_order),
     "higher_order_figure1.ipynb": (("theorem3",), ("higher_order_fig1_safety_regions",), check_higher_order),
     "swiss_roll.ipynb": (("pipeline", "certificates"), ("swiss_roll_sos_vs_cohen",), check_swiss_roll),
     "digits_certificates.ipynb": (ALL_MODULES, ("digits_certified_accuracy", "digits_radius_scatter"), check_digits),
@@ -179,9 +183,11 @@ def test_notebook_runs_and_saves_figures(name, tmp_path, monkeypatch):
     monkeypatch.setenv("SMOOTHJAX_NOTEBOOK_SIZE", "ci")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     start = time.perf_counter()
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    resources = {"metadata": {"path": str(NOTEBOOKS)}}
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources=resources).execute()
     elapsed = time.perf_counter() - start
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [o for c in nb.cells if c.cell_type == "code"
+              for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     for figure in figures:
         png = tmp_path / f"{figure}.png"

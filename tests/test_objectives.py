@@ -92,7 +92,8 @@ def test_soft_probability_matches_quadrature(b, beta):
     params = _linear_params(b, k=1.5)
     x = jnp.zeros((1, DIM))
     n = 20000
-    p = obj.soft_smoothed_probabilities(linear_apply, params, x, jax.random.key(1), sigma=SIGMA, num_samples=n, beta=beta)
+    p = obj.soft_smoothed_probabilities(linear_apply, params, x, jax.random.key(1), sigma=SIGMA, num_samples=n,
+                                        beta=beta)
     ref = soft_p_reference(b, beta * 1.5, SIGMA)
     # per-sample values lie in [0, 1] with std <= 1/2; use the reference-free bound
     assert abs(float(p[0, 1]) - ref) < 5 * 0.5 / math.sqrt(n)
@@ -208,7 +209,8 @@ def test_soft_radius_finite_at_edges_under_jit_and_vmap(radius, x64):
     with jax.enable_x64(x64):
         p, frac, ratio, both = (jnp.asarray(a) for a in _edge_grid())
         sigma, dim = 0.25, 16
-        top = jnp.where((p > 0) & (p < 1), stats.norm.pdf(stats.norm.ppf(np.clip(np.asarray(p), 1e-300, 1 - 1e-16))) / sigma, 0.0)
+        inner = np.clip(np.asarray(p), 1e-300, 1 - 1e-16)
+        top = jnp.where((p > 0) & (p < 1), stats.norm.pdf(stats.norm.ppf(inner)) / sigma, 0.0)
         l2 = frac * top
 
         def r(p, l2, ratio, both):
@@ -272,7 +274,8 @@ def test_stein_gradient_objectives_finite_at_edges(name):
     """The noise-weighted (Stein) gradient variant of the gradient radii, float32, all edge cases."""
     with jax.enable_x64(False):
         cases = list(EDGE_CASES.values())
-        params = jax.tree_util.tree_map(lambda *leaves: jnp.asarray(np.stack(leaves), jnp.float32), *[c[0] for c in cases])
+        params = jax.tree_util.tree_map(lambda *leaves: jnp.asarray(np.stack(leaves), jnp.float32),
+                                        *[c[0] for c in cases])
         ys = jnp.asarray([c[1] for c in cases])
         loss_fn = obj.make_objective(name, dense_apply, sigma=SIGMA, num_samples=8, gradient="stein")
         vals, grads = jax.jit(jax.vmap(jax.value_and_grad(loss_fn), in_axes=(0, None, 0, None)))(
@@ -434,7 +437,8 @@ def test_smoothadv_does_not_differentiate_through_the_attack():
 
     def fixed(p):
         logits = (xa[None] + noise) @ p["W"] + p["c"][None, None]
-        return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, jnp.broadcast_to(y, logits.shape[:2])))
+        labels = jnp.broadcast_to(y, logits.shape[:2])
+        return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
 
     ref = jax.grad(fixed)(params)  # CE at the adversarial points held fixed
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(ref)):
@@ -451,12 +455,14 @@ def test_bad_names_and_options_raise():
     with pytest.raises(ValueError, match="sigma"):
         obj.make_objective("cohen_l2", dense_apply, sigma=0.0)
     with pytest.raises(ValueError, match="num_samples"):
-        obj.soft_smoothed_probabilities(dense_apply, _dense_params(1.0), jnp.zeros((1, DIM)), jax.random.key(0), sigma=0.25, num_samples=0)
+        obj.soft_smoothed_probabilities(dense_apply, _dense_params(1.0), jnp.zeros((1, DIM)), jax.random.key(0),
+                                        sigma=0.25, num_samples=0)
     with pytest.raises(ValueError, match="even"):
-        obj.smoothed_gradient(dense_apply, _dense_params(1.0), jnp.zeros((1, DIM)), jnp.array([0]), jax.random.key(0), sigma=0.25, num_samples=3)
+        obj.smoothed_gradient(dense_apply, _dense_params(1.0), jnp.zeros((1, DIM)), jnp.array([0]), jax.random.key(0),
+                              sigma=0.25, num_samples=3)
     with pytest.raises(ValueError, match="even"):
-        obj.certified_radius_loss(dense_apply, _dense_params(1.0), jnp.zeros((1, DIM)), jnp.array([0]), jax.random.key(0),
-                                  sigma=0.25, radius="dipole_l2", num_samples=3)
+        obj.certified_radius_loss(dense_apply, _dense_params(1.0), jnp.zeros((1, DIM)), jnp.array([0]),
+                                  jax.random.key(0), sigma=0.25, radius="dipole_l2", num_samples=3)
     with pytest.raises(ValueError, match="p_both"):
         obj.soft_radius("dipole_l2", 0.9, 0.25)
 

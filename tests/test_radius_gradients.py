@@ -86,7 +86,8 @@ def _assert_grads(ours, ref, label, floor=0.0):
     err = np.abs(ours - ref) / np.maximum(np.maximum(np.abs(ref), ATOL / RTOL), np.asarray(floor) / RTOL)
     worst = int(np.argmax(err))
     assert np.all(np.isfinite(ours)), f"{label}: non-finite gradient at index {np.flatnonzero(~np.isfinite(ours))[:5]}"
-    assert err.max() <= RTOL, f"{label}: max relative error {err.max():.3g} at index {worst}: ours {ours[worst]!r}, reference {ref[worst]!r}"
+    assert err.max() <= RTOL, (f"{label}: max relative error {err.max():.3g} at index {worst}: "
+                               f"ours {ours[worst]!r}, reference {ref[worst]!r}")
     return err.max()
 
 
@@ -182,7 +183,8 @@ def sos_points(n=200):
 
 def dipole_points(n=200):
     rng = np.random.default_rng(SEED + 2)
-    total = 0.5 + np.concatenate([np.logspace(-6, -1, n // 4), rng.uniform(0.1, 0.499, n - n // 2), 0.5 - np.logspace(-2, -8, n // 4)])
+    total = 0.5 + np.concatenate([np.logspace(-6, -1, n // 4), rng.uniform(0.1, 0.499, n - n // 2),
+                                  0.5 - np.logspace(-2, -8, n // 4)])
     share = rng.uniform(0.02, 0.98, total.size)  # fraction of cs + cn that is symmetric
     share[::8] = 0.999
     cs, cn = total * share, total * (1 - share)
@@ -192,7 +194,8 @@ def dipole_points(n=200):
 def theorem3_points(n=200):
     """(q, m1, m2) across the feasible disk (radius rho < M, angle theta in (0, pi)), interior."""
     rng = np.random.default_rng(SEED + 3)
-    q = np.concatenate([0.5 + np.logspace(-3, -1, n // 4), rng.uniform(0.6, 0.99, n // 2), 1 - np.logspace(-2, -5, n - 3 * (n // 4))])
+    q = np.concatenate([0.5 + np.logspace(-3, -1, n // 4), rng.uniform(0.6, 0.99, n // 2),
+                        1 - np.logspace(-2, -5, n - 3 * (n // 4))])
     big_m = stats.norm.pdf(stats.norm.ppf(q))
     rho = rng.uniform(0.05, 0.95, q.size) * big_m
     theta = rng.uniform(0.1, 0.9 * math.pi, q.size)
@@ -209,10 +212,12 @@ def _check_cohen(n):
     p, sigma = cohen_points(n)
     ref_val = np.array([cohen_reference(a, s) for a, s in zip(p, sigma)])
     np.testing.assert_allclose(np.asarray(cohen_radius(p, sigma)), ref_val, rtol=1e-10)
-    ref_dp = np.array([_fd(lambda t: cohen_reference(t, s), a, _step(a, 1e-3 * min(a - 0.5, 1 - a))) for a, s in zip(p, sigma)])
-    ref_ds = np.array([_fd(lambda t: cohen_reference(a, t), s, 1e-3 * s) for a, s in zip(p, sigma)])
+    ref_dp = np.array([_fd(lambda t, s=s: cohen_reference(t, s), a, _step(a, 1e-3 * min(a - 0.5, 1 - a)))
+                       for a, s in zip(p, sigma)])
+    ref_ds = np.array([_fd(lambda t, a=a: cohen_reference(a, t), s, 1e-3 * s) for a, s in zip(p, sigma)])
     dp, ds = _jit_vmap_grad(cohen_radius, 2, (0, 1))(jnp.asarray(p), jnp.asarray(sigma))
-    return _assert_grads(dp, ref_dp, "d cohen_radius / d p_lower"), _assert_grads(ds, ref_ds, "d cohen_radius / d sigma")
+    return (_assert_grads(dp, ref_dp, "d cohen_radius / d p_lower"),
+            _assert_grads(ds, ref_ds, "d cohen_radius / d sigma"))
 
 
 def test_cohen_radius_gradient_quick():
@@ -236,10 +241,10 @@ def _check_sos(n):
     ref_val = np.array([sos_reference(*a) for a in zip(p, g, sigma)])
     _assert_value_sound_and_close(sos_radius(p, g, sigma), ref_val)
     h_p = np.array([_step(a, 1e-4 * min(a - 0.5, 1 - a)) for a in p])
-    ref_dp = np.array([_fd(lambda t: sos_reference(t, b, s), a, h) for a, b, s, h in zip(p, g, sigma, h_p)])
+    ref_dp = np.array([_fd(lambda t, b=b, s=s: sos_reference(t, b, s), a, h) for a, b, s, h in zip(p, g, sigma, h_p)])
     top = stats.norm.pdf(stats.norm.ppf(p)) / sigma
     h_g = 1e-4 * np.minimum(g, top - g)
-    ref_dg = np.array([_fd(lambda t: sos_reference(a, t, s), b, h) for a, b, s, h in zip(p, g, sigma, h_g)])
+    ref_dg = np.array([_fd(lambda t, a=a, s=s: sos_reference(a, t, s), b, h) for a, b, s, h in zip(p, g, sigma, h_g)])
     dp, dg = _jit_vmap_grad(sos_radius, 3, (0, 1))(jnp.asarray(p), jnp.asarray(g), jnp.asarray(sigma))
     return (_assert_grads(dp, ref_dp, "d sos_radius / d p_lower", FD_NOISE * ref_val / h_p),
             _assert_grads(dg, ref_dg, "d sos_radius / d grad_norm_upper", FD_NOISE * ref_val / h_g))
@@ -304,9 +309,9 @@ def _check_dipole(n):
     # finite difference cannot resolve it where 1 - cs - cn ~ 1e-8 (the step is then ~1e-12 and
     # the rounding of cs + h + cn alone is 1e-4 of it); Theorem 3 branch: finite differences.
     cohen_slope = sigma / stats.norm.pdf(stats.norm.isf(gap))
-    ref_dcs = np.array([(cs_ if c else _fd(lambda t: _dipole_theorem3(t, b, s), a, h)) if k else 0.0
+    ref_dcs = np.array([(cs_ if c else _fd(lambda t, b=b, s=s: _dipole_theorem3(t, b, s), a, h)) if k else 0.0
                         for a, b, s, h, c, k, cs_ in zip(cs, cn, sigma, h_cs, use_cohen, keep, cohen_slope)])
-    ref_dcn = np.array([(cs_ if c else _fd(lambda t: _dipole_theorem3(a, t, s), b, h)) if k else 0.0
+    ref_dcn = np.array([(cs_ if c else _fd(lambda t, a=a, s=s: _dipole_theorem3(a, t, s), b, h)) if k else 0.0
                         for a, b, s, h, c, k, cs_ in zip(cs, cn, sigma, h_cn, use_cohen, keep, cohen_slope)])
     dcs, dcn = _jit_vmap_grad(dipole_radius, 3, (0, 1))(jnp.asarray(cs), jnp.asarray(cn), jnp.asarray(sigma))
     dcs, dcn = np.asarray(dcs), np.asarray(dcn)
@@ -360,7 +365,8 @@ def _check_directional(n):
     q, m1, m2, ref_r, ref_g = _theorem3_table(n)
     np.testing.assert_allclose(np.asarray(directional_radius(q, m1, m2)), ref_r, rtol=1e-7)
     g = _jit_vmap_grad(directional_radius, 3, (0, 1, 2))(jnp.asarray(q), jnp.asarray(m1), jnp.asarray(m2))
-    return tuple(_assert_grads(g[i], ref_g[:, i], f"d directional_radius / d {name}") for i, name in enumerate(("q", "m1", "m2")))
+    return tuple(_assert_grads(g[i], ref_g[:, i], f"d directional_radius / d {name}")
+                 for i, name in enumerate(("q", "m1", "m2")))
 
 
 def _first_order_points(n, kind):
@@ -393,14 +399,16 @@ def _check_first_order(n, kind):
         dm2_dl2 = sigma**2 * l2 / m2
         dm2_ddual = -sigma**2 * dual / m2
         dm1_ddual = -sigma
-        grads = _jit_vmap_grad(lambda a, b, c, s: fn(a, b, c, s), 4, (0, 1, 2))(*(jnp.asarray(v) for v in (q, l2, dual, sigma)))
+        grads = _jit_vmap_grad(lambda a, b, c, s: fn(a, b, c, s), 4, (0, 1, 2))(
+            *(jnp.asarray(v) for v in (q, l2, dual, sigma)))
     else:
         ours = fn(q, l2, dual, dim, sigma)
         # m1 = -sigma l1 / sqrt(d), m2 = sigma sqrt(d l2^2 - l1^2) / sqrt(d)
         dm2_dl2 = sigma**2 * l2 / m2
         dm2_ddual = -sigma**2 * dual / (dim * m2)
         dm1_ddual = -sigma / math.sqrt(dim)
-        grads = _jit_vmap_grad(lambda a, b, c, s: fn(a, b, c, dim, s), 4, (0, 1, 2))(*(jnp.asarray(v) for v in (q, l2, dual, sigma)))
+        grads = _jit_vmap_grad(lambda a, b, c, s: fn(a, b, c, dim, s), 4, (0, 1, 2))(
+            *(jnp.asarray(v) for v in (q, l2, dual, sigma)))
     # the linf radius is the linf norm of the worst vertex perturbation: l2 length / sqrt(d)
     scale = sigma if kind == "l1" else sigma / math.sqrt(dim)
     ref_r = scale * np.array([r[0] for r in rows])
@@ -430,19 +438,19 @@ def test_linf_radius_gradient_quick():
 @pytest.mark.slow
 def test_directional_radius_gradient_200_points():
     errs = _check_directional(200)
-    print("directional_radius: 200 points, max rel err (dq, dm1, dm2)", ["%.2e" % e for e in errs])
+    print("directional_radius: 200 points, max rel err (dq, dm1, dm2)", [f"{e:.2e}" for e in errs])
 
 
 @pytest.mark.slow
 def test_l1_radius_gradient_200_points():
     errs = _check_first_order(200, "l1")
-    print("l1_radius: 200 points, max rel err (dp, dl2, dlinf)", ["%.2e" % e for e in errs])
+    print("l1_radius: 200 points, max rel err (dp, dl2, dlinf)", [f"{e:.2e}" for e in errs])
 
 
 @pytest.mark.slow
 def test_linf_radius_gradient_200_points():
     errs = _check_first_order(200, "linf")
-    print("linf_radius: 200 points, max rel err (dp, dl2, dl1)", ["%.2e" % e for e in errs])
+    print("linf_radius: 200 points, max rel err (dp, dl2, dl1)", [f"{e:.2e}" for e in errs])
 
 
 # ------------------------------------------------------------------------------------------
@@ -510,7 +518,8 @@ def test_first_order_edges_finite(kind):
         g = _jit_vmap_grad(lambda a, b, c, t: fn(a, b, c, t), 4, (0, 1, 2))(*(jnp.asarray(v) for v in (p, l2, dual)), s)
     else:
         val = fn(p, l2, dual, dim, s)
-        g = _jit_vmap_grad(lambda a, b, c, t: fn(a, b, c, dim, t), 4, (0, 1, 2))(*(jnp.asarray(v) for v in (p, l2, dual)), s)
+        g = _jit_vmap_grad(lambda a, b, c, t: fn(a, b, c, dim, t), 4, (0, 1, 2))(
+            *(jnp.asarray(v) for v in (p, l2, dual)), s)
     _assert_finite(val, f"{kind}_radius")
     _assert_finite(g, f"grad {kind}_radius")
 

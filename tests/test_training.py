@@ -17,7 +17,6 @@ import pytest
 from smoothjax import objectives
 from smoothjax.app import cli, datasets, models, training
 
-
 SMALL_MLP = {"architecture": "mlp", "input_shape": [8, 8, 1], "num_classes": 10, "hidden": [64]}
 
 
@@ -28,7 +27,8 @@ def digits_train():
 
 
 def _short(data, seed, epochs=8):
-    return training.train(data, sigma=0.25, config=SMALL_MLP, epochs=epochs, batch_size=64, learning_rate=5e-3, seed=seed)
+    return training.train(data, sigma=0.25, config=SMALL_MLP, epochs=epochs, batch_size=64, learning_rate=5e-3,
+                          seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,8 @@ def test_training_is_deterministic_given_the_seed(digits_train, short_run):
     a = models.init_params(SMALL_MLP, jax.random.split(jax.random.key(3), 3)[0])
     b = models.init_params(SMALL_MLP, jax.random.split(jax.random.key(4), 3)[0])
     assert not all(
-        np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+        np.array_equal(np.asarray(u), np.asarray(v))
+        for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
     )
 
 

@@ -288,7 +288,8 @@ def train(
     return TrainResult(params=params, config=config, history=history, apply_fn=apply_fn, opt_state=opt_state)
 
 
-def accuracy(apply_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray, *, sigma: float = 0.0, seed: int = 0) -> float:
+def accuracy(apply_fn: Callable, params: Any, x: np.ndarray, y: np.ndarray, *, sigma: float = 0.0,
+             seed: int = 0) -> float:
     """Accuracy of the base classifier on ``x`` (with one Gaussian noise draw of std ``sigma`` if > 0).
 
     Example:
