@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom, norm
 
-from smoothjax.app import analysis, cli
+from smoothjax.app import analysis, arguments, cli
 from smoothjax.app.tsv import CertificationTable
 
 
@@ -238,7 +238,7 @@ def test_analyze_rejects_bad_options(tmp_path, capsys, argv, fragment):
 def test_dataset_arguments_reach_the_loader(tmp_path, capsys):
     args = cli.build_parser().parse_args(["certify", "--dataset", "cifar10:data", "--layout", "nchw", "--scale", "255",
                                           "--download", "--out", "o.tsv"])
-    assert cli._dataset_options(args) == {"layout": "nchw", "scale": 255.0, "download": True}
+    assert arguments.dataset_options(args) == {"layout": "nchw", "scale": 255.0, "download": True}
     pixels = tmp_path / "u8.npz"
     np.savez(pixels, x=np.zeros((4, 8, 8, 1), np.uint8), y=np.zeros(4, int))
     code = cli.main(["train", "--dataset", str(pixels), "--sigma", "0.25", "--out", str(tmp_path / "m.msgpack")])
