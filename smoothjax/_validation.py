@@ -22,6 +22,7 @@ __all__ = [
     "check_finite",
     "check_nonnegative",
     "check_probability",
+    "check_scalar",
     "check_sigma",
     "check_static_int",
     "invalid_probability",
@@ -88,6 +89,13 @@ def check_sigma(x: Any, name: str = "sigma") -> None:
         return
     if np.any(~np.isfinite(a)) or np.any(a <= 0):
         raise ValueError(f"{name} must be a finite noise level > 0, got {_show(a)}.")
+
+
+def check_scalar(name: str, x: Any, meaning: str) -> None:
+    """Raise unless ``x`` is a scalar (a Python number or a 0-d array, concrete or traced)."""
+    shape = np.shape(x)
+    if shape != ():
+        raise ValueError(f"{name} must be a scalar ({meaning}), got an array of shape {shape}.")
 
 
 def check_nonnegative(name: str, x: Any) -> None:

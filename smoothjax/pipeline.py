@@ -238,6 +238,7 @@ def predict(
       >>> predict(f, None, xs, jax.random.key(0), sigma=1.0, n=1000, alpha=0.001, batch_size=500).tolist()
       [0, -1]
     """
+    V.check_scalar("sigma", sigma, "one noise level for every input and pixel; call predict once per sigma")
     V.check_alpha(alpha)
     validate_sampling_args(
         apply_fn, params, xs, sigma=sigma, num_samples=n, batch_size=batch_size, pairs=False, name="n"
@@ -361,6 +362,7 @@ def certify(
       (0, True)
     """
     methods = _normalise_methods(methods, subspace)
+    V.check_scalar("sigma", sigma, "one noise level for every input and pixel; call certify once per sigma")
     V.check_alpha(alpha)
     _check_math(certificate_math)
     needs_pairs = any(m in methods for m in _PAIR_METHODS)

@@ -50,14 +50,22 @@ class AbstainReason(enum.IntFlag):
     INVALID_ARGUMENT = 16
 
 
-def abstain_reasons(mask: ArrayLike) -> list[str]:
-    """The names of the reasons set in one ``abstain_reason`` value (empty when certified).
+def abstain_reasons(mask: ArrayLike) -> list:
+    """The names of the reasons set in an ``abstain_reason`` value (empty when certified).
+
+    A single value gives a list of names; an array (e.g. ``result.abstain_reason``) gives one such
+    list per entry, nested like the array.
 
     Example:
       >>> abstain_reasons(9)
       ['LOW_PROBABILITY', 'METHOD_FAILED']
+      >>> abstain_reasons(np.array([0, 1]))
+      [[], ['LOW_PROBABILITY']]
     """
-    flags = AbstainReason(int(np.asarray(mask)))
+    a = np.asarray(mask)
+    if a.ndim:
+        return [abstain_reasons(v) for v in a]
+    flags = AbstainReason(int(a))
     return [r.name for r in AbstainReason if r in flags]
 
 

@@ -161,6 +161,8 @@ PIPELINE_TABLE = [
     ("sigma=0", dict(sigma=0.0)),
     ("sigma<0", dict(sigma=-0.5)),
     ("sigma=nan", dict(sigma=NAN)),
+    ("sigma per input", dict(sigma=np.full(2, 0.5))),
+    ("sigma per pixel", dict(sigma=np.full(DIM, 0.5, np.float32))),
     ("alpha=0", dict(alpha=0.0)),
     ("alpha=1", dict(alpha=1.0)),
     ("alpha=nan", dict(alpha=NAN)),
@@ -183,6 +185,15 @@ PIPELINE_TABLE = [
 def test_certify_bad_input_raises_value_error(name, kw):
     with pytest.raises(ValueError):
         _certify(**kw)
+
+
+def test_array_sigma_is_refused_by_name():
+    """One noise level per call: an array sigma is a clear error, not a broadcast deep in the model."""
+    with pytest.raises(ValueError, match="sigma must be a scalar"):
+        _certify(sigma=jnp.full((2,), 0.5))
+    with pytest.raises(ValueError, match="sigma must be a scalar"):
+        sj.predict(interval_union_apply, CLF.params, XS, jax.random.key(0), sigma=np.full(DIM, 0.5), n=16,
+                   alpha=0.01, batch_size=8)
 
 
 def test_predict_and_sampler_bad_input():
