@@ -45,6 +45,53 @@ def test_orbax_round_trip_and_overwrite(tmp_path):
     assert models.load_for_certify(path)[2] == config
 
 
+def _write_msgpack(path, config, params):
+    """A msgpack checkpoint holding any ``config`` (save_model's format, without its checks)."""
+    import json
+
+    from flax import serialization
+
+    blob = {"format": models.CHECKPOINT_FORMAT, "config": json.dumps(config),
+            "params": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(params))}
+    with open(path, "wb") as fh:
+        fh.write(serialization.msgpack_serialize(blob))
+    return str(path)
+
+
+BAD_CONFIGS = [
+    (lambda c: dict(c, architecture="cnn", features=[16, 32], hidden=64),
+     "parameter 'params/Conv_0/bias': absent in the file, shape (16,) for the config"),
+    (lambda c: dict(c, architecture="cnn"), "lacks the field 'features' that a cnn needs"),
+    (lambda c: {k: v for k, v in c.items() if k != "hidden"}, "lacks the field 'hidden' that a mlp needs"),
+    (lambda c: dict(c, hidden=[100, 128]),
+     "parameter 'params/Dense_0/bias': shape (128,) in the file, shape (100,) for the config"),
+    (lambda c: dict(c, num_classes=3),
+     "parameter 'params/Dense_2/bias': shape (10,) in the file, shape (3,) for the config"),
+    (lambda c: dict(c, architecture="resnet"), "unknown architecture 'resnet'"),
+    (lambda c: dict(c, hidden="128"), "'hidden' must be a list of whole numbers"),
+]
+BAD_CONFIG_IDS = ["cnn-config-mlp-params", "cnn-without-features", "no-hidden", "other-width", "other-classes",
+                  "unknown-arch", "hidden-not-a-list"]
+
+
+@pytest.mark.parametrize("change, message", BAD_CONFIGS, ids=BAD_CONFIG_IDS)
+def test_a_config_that_does_not_fit_its_params_is_a_model_error(change, message, tmp_path):
+    _, params, config = models.load_model(models.default_model_path())
+    path = _write_msgpack(tmp_path / "bad.msgpack", change(config), params)
+    with pytest.raises(models.ModelError) as err:
+        models.load_model(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change, message", BAD_CONFIGS[:3], ids=BAD_CONFIG_IDS[:3])
+def test_cli_bad_model_config_is_one_line_exit_2(change, message, tmp_path, capsys):
+    _, params, config = models.load_model(models.default_model_path())
+    path = _write_msgpack(tmp_path / "bad.msgpack", change(config), params)
+    code, _, err = _run(["certify", "--model", path, "--n", "100", "--out", str(tmp_path / "o.tsv")], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("smoothjax certify: error: ")
+    assert message in err and "Traceback" not in err
+
+
 def test_msgpack_and_the_shipped_model_still_load(tmp_path):
     apply_fn, params, config = models.load_for_certify()  # the shipped digits model
     assert config["input_shape"] == [8, 8, 1] and config["training"]["sigma"] == 0.25

@@ -97,8 +97,76 @@ def default_config(architecture: str, input_shape: Sequence[int], num_classes: i
             "num_classes": int(num_classes), **extra}
 
 
+#: Fields every config needs, and those of each architecture: name -> (kind, example).
+_COMMON_FIELDS = {"input_shape": ("ints", "[8, 8, 1]"), "num_classes": ("int", "10")}
+_ARCH_FIELDS = {
+    "mlp": {"hidden": ("ints", "[128, 128]")},
+    "cnn": {"features": ("ints", "[16, 32]"), "hidden": ("int", "64")},
+}
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def validate_config(config: Any, source: str = "the model config") -> None:
+    """Raise :class:`ModelError` unless ``config`` names a known architecture with all of its fields.
+
+    ``source`` names where the config comes from in the message (e.g. the checkpoint path).
+    """
+    if not isinstance(config, dict):
+        raise ModelError(f"{source} must be a dict with an 'architecture', got {type(config).__name__}.")
+    arch = config.get("architecture")
+    if arch not in _ARCH_FIELDS:
+        raise ModelError(f"{source} names an unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES)}.")
+    for name, (kind, example) in {**_COMMON_FIELDS, **_ARCH_FIELDS[arch]}.items():
+        if name not in config:
+            raise ModelError(f"{source} lacks the field {name!r} that a {arch} needs (e.g. {name!r}: {example}).")
+        value = config[name]
+        ok = (_positive_int(value) if kind == "int" else
+              isinstance(value, (list, tuple)) and all(_positive_int(v) for v in value)
+              and (name == "hidden" or len(value) >= 1))
+        if not ok:
+            what = "a whole number >= 1" if kind == "int" else "a list of whole numbers >= 1"
+            raise ModelError(f"{source}: the {arch} field {name!r} must be {what} (e.g. {example}), got {value!r}.")
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{"params/Dense_0/kernel": shape, ...}`` of a (state-dict) parameter tree."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path):
+            tuple(np.shape(leaf)) for path, leaf in leaves}
+
+
+def check_params(config: dict[str, Any], params: Any, source: str = "the model") -> None:
+    """Raise :class:`ModelError` unless ``params`` has the tree and shapes that ``config``'s ``init`` makes.
+
+    The message names the first parameter path (in sorted order) that is missing, extra or of
+    another shape, with both shapes.
+    """
+    from flax import serialization
+
+    validate_config(config, f"the config of {source}")
+    expected = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    want = _flat_shapes(serialization.to_state_dict(expected))
+    try:
+        got = _flat_shapes(serialization.to_state_dict(params))
+    except Exception as err:  # noqa: BLE001  (a params blob that is not a tree of arrays)
+        raise ModelError(f"the parameters of {source} are not a tree of arrays ({type(err).__name__}).") from None
+    described = f"a {config['architecture']} with input shape {list(config['input_shape'])}, " + ", ".join(
+        f"{k} {config[k]}" for k in _ARCH_FIELDS[config["architecture"]]) + f", {config['num_classes']} classes"
+    for path in sorted(set(want) | set(got)):
+        if want.get(path) != got.get(path):
+            have = "absent" if path not in got else f"shape {got[path]}"
+            need = "absent" if path not in want else f"shape {want[path]}"
+            raise ModelError(f"the parameters of {source} do not match its config ({described}): "
+                             f"parameter {path!r}: {have} in the file, {need} for the config; the config's "
+                             "'architecture' or sizes are wrong for these parameters.")
+
+
 def build_model(config: dict[str, Any]) -> nn.Module:
     """The linen module a config describes (see module docstring for the keys)."""
+    validate_config(config)
     arch = config.get("architecture")
     if arch == "mlp":
         return MLP(hidden=tuple(config["hidden"]), num_classes=int(config["num_classes"]))
@@ -150,6 +218,7 @@ def load_model(path: str):
 
     if os.path.isdir(path):
         config, params = _load_orbax(path)
+        check_params(config, params, repr(path))
         return build_model(config).apply, params, config
     if not os.path.isfile(path):
         raise ModelError(f"model file {path!r} not found; "
@@ -163,6 +232,7 @@ def load_model(path: str):
         params = blob["params"]
     except Exception:  # noqa: BLE001  (any unreadable file is a user error here)
         raise ModelError(f"{path!r} is not a smoothjax model checkpoint; create one with `smoothjax train`.") from None
+    check_params(config, params, repr(path))
     model = build_model(config)
     return model.apply, params, config
 
