@@ -143,6 +143,31 @@ def test_resume_with_other_settings_is_refused(digits, reference, tmp_path, chan
     assert out.read_bytes() == before
 
 
+@pytest.mark.parametrize("name,value", [("batch_size", 50), ("inputs_per_call", 2)])
+def test_resume_with_another_batch_size_or_chunk_is_refused(digits, reference, tmp_path, name, value):
+    # both change radii in the last digits (the host math is compiled per chunk shape): never mixed
+    out = tmp_path / "c.tsv"
+    out.write_bytes(reference.read_bytes())
+    side = pathlib.Path(job.sidecar_path(str(out)))
+    side.write_bytes(pathlib.Path(job.sidecar_path(str(reference))).read_bytes())
+    before = (out.read_bytes(), side.read_bytes())
+    with pytest.raises(job.JobError) as err:
+        _run(digits, out, resume=True, **{name: value})
+    message = str(err.value)
+    assert "\n" not in message and "settings differ" in message
+    assert f"{name} {SETTINGS[name]!r} -> {value!r}" in message and "--" not in message
+    assert (out.read_bytes(), side.read_bytes()) == before
+
+
+def test_resume_with_another_rows_per_call_is_accepted(digits, reference, tmp_path):
+    out = tmp_path / "c.tsv"
+    lines = reference.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:5]))
+    pathlib.Path(job.sidecar_path(str(out))).write_bytes(pathlib.Path(job.sidecar_path(str(reference))).read_bytes())
+    summary = _run(digits, out, resume=True, rows_per_call=64)
+    assert summary.done_before == 4 and _rows(out) == _rows(reference)
+
+
 def test_resume_refuses_other_data_and_a_missing_sidecar(digits, reference, tmp_path):
     out = tmp_path / "c.tsv"
     out.write_bytes(reference.read_bytes())
@@ -158,8 +183,9 @@ def test_resume_refuses_other_data_and_a_missing_sidecar(digits, reference, tmp_
 def test_existing_output_needs_resume_or_overwrite(digits, reference, tmp_path):
     out = tmp_path / "c.tsv"
     out.write_text("something\n")
-    with pytest.raises(job.JobError, match="exists; pass --resume"):
+    with pytest.raises(job.JobError, match=r"exists; pass resume=True to continue it or overwrite=True") as err:
         _run(digits, out)
+    assert "--" not in str(err.value)  # Python callers are told the keyword arguments, not the flags
     assert out.read_text() == "something\n"
     _run(digits, out, overwrite=True)
     assert _rows(out) == _rows(reference)
@@ -219,6 +245,22 @@ def test_merge_refuses_files_of_different_runs(digits, reference, tmp_path):
     _run(digits, part, shard=(0, 2))
     with pytest.raises(job.JobError, match="different runs .*sigma"):
         job.merge_shards([str(part), str(other)], str(tmp_path / "m.tsv"))
+    # a shard computed with another batch size or chunk size: its radii differ in the last digits
+    shard1 = tmp_path / "part1.tsv"
+    _run(digits, shard1, shard=(1, 2))
+    for name, value in (("batch_size", 50), ("inputs_per_call", 2)):
+        side = pathlib.Path(job.sidecar_path(str(shard1)))
+        record = json.loads(side.read_text())
+        record["settings"] = dict(record["settings"], **{name: value})
+        side.write_text(json.dumps(record))
+        with pytest.raises(job.JobError) as err:
+            job.merge_shards([str(part), str(shard1)], str(tmp_path / "m.tsv"))
+        assert f"differ in {name} ({value} in {shard1}, {SETTINGS[name]} in {part})" in str(err.value)
+        record["settings"][name] = SETTINGS[name]
+        side.write_text(json.dumps(record))
+    job.merge_shards([str(part), str(shard1)], str(tmp_path / "m.tsv"))
+    with pytest.raises(job.JobError, match=r"shard TSV .*nothere.tsv' not found"):
+        job.merge_shards([str(part), str(tmp_path / "nothere.tsv")], str(tmp_path / "m2.tsv"))
 
 
 def test_several_processes_write_one_file_each(digits, reference, tmp_path, monkeypatch):
@@ -367,6 +409,15 @@ def test_cli_shards_merge_and_refusals(tmp_path, capsys, digits, monkeypatch):
     one_line_error(common + ["--out", str(tmp_path / "s0.tsv")], "exists; pass --resume to continue it or --overwrite")
     one_line_error(common + ["--shard", "1/2", "--resume", "--out", str(tmp_path / "s0.tsv")], "settings differ")
     one_line_error(common + ["--seed", "1", "--resume", "--out", str(tmp_path / "all.tsv")], "key (seed)")
+    one_line_error(common + ["--batch-size", "50", "--resume", "--out", str(tmp_path / "all.tsv")],
+                   "--batch-size 100 -> 50")
+    one_line_error(common + ["--inputs-per-call", "3", "--resume", "--out", str(tmp_path / "all.tsv")],
+                   "--inputs-per-call 4 -> 3")
+    one_line_error(["merge", str(tmp_path / "s0.tsv"), str(tmp_path / "nothere.tsv"), "--out", str(tmp_path / "x")],
+                   "nothere.tsv' not found")
+    one_line_error(common + ["--batch-size", "99", "--out", str(tmp_path / "odd.tsv")],
+                   "--batch-size must be even for sos")
+    one_line_error(common + ["--n", "201", "--out", str(tmp_path / "odd.tsv")], "--n must be even for sos")
     one_line_error(["merge", str(tmp_path / "s0.tsv"), "--out", str(tmp_path / "half.tsv")], "in none of the files")
     one_line_error(common + ["--shard", "2/2", "--out", str(tmp_path / "x.tsv")], "--shard must look like I/K")
     # resuming a finished file certifies nothing and reports the whole table

@@ -236,7 +236,11 @@ def check_positive(name: str, value, *, integer: bool = False):
         raise UsageError(f"{name} must be {'a whole number ' if integer else ''}> 0, got {value}.")
 
 
-def check_certify_numbers(*, sigma, n0, n, alpha, batch_size):
+#: Certificates built on pairs of noise samples: they need an even --n and --batch-size.
+PAIR_METHODS = ("sos_l2", "dipole_l2")
+
+
+def check_certify_numbers(*, sigma, n0, n, alpha, batch_size, methods=()):
     if sigma is not None and (not np.isfinite(sigma) or sigma <= 0):
         raise UsageError(f"--sigma must be a noise level > 0 (e.g. 0.25), got {sigma}.")
     check_positive("--n0", n0, integer=True)
@@ -249,6 +253,15 @@ def check_certify_numbers(*, sigma, n0, n, alpha, batch_size):
         raise UsageError(f"--n must be at least 2 (pairs of samples are needed), got {n}.")
     if not (0 < alpha < 1):
         raise UsageError(f"--alpha must lie strictly between 0 and 1 (e.g. 0.001), got {alpha}.")
+    paired = [m for m in methods if m in PAIR_METHODS]
+    for flag, value in (("--batch-size", batch_size), ("--n", n)):
+        if paired and value % 2:
+            names = " and ".join(m.split("_")[0] for m in paired)
+            others = ",".join(next(a for a, c in METHOD_ALIASES.items() if c == m)
+                              for m in methods if m not in PAIR_METHODS) or "cohen"
+            raise UsageError(f"{flag} must be even for {names} (pair-based: they use samples two at a time), "
+                             f"got {value}; pass an even {flag} (e.g. {value + 1}) or leave them out "
+                             f"(e.g. --methods {others}).")
 
 
 def subspace_mask(spec: str | None, input_shape: Sequence[int]) -> np.ndarray | None:
@@ -283,6 +296,7 @@ def subspace_mask(spec: str | None, input_shape: Sequence[int]) -> np.ndarray | 
     if not mask.any():
         raise UsageError("the subspace mask selects no coordinates; select at least one.")
     return np.asarray(mask, bool)
+
 
 def parse_rows_per_call(value) -> int | None:
     """``--rows-per-call``: a positive integer, ``all`` (None) or ``auto`` (2048 on a CPU backend)."""

@@ -142,7 +142,7 @@ def run_certify(
 
     from smoothjax.app import analysis, datasets, job, models
 
-    check_certify_numbers(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size)
+    check_certify_numbers(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, methods=methods)
     check_positive("--skip", skip, integer=True)
     check_positive("--max-inputs", max_inputs, integer=True)
     check_positive("--inputs-per-call", inputs_per_call, integer=True)
@@ -184,6 +184,7 @@ def run_certify(
         alpha=alpha, batch_size=batch_size, methods=methods, subspace=mask, inputs_per_call=inputs_per_call,
         input_ids=ids, resume=resume, overwrite=overwrite, shard=shard, format=tsv_format,
         format_method=format_method, progress=progress, metadata=metadata, rows_per_call=rows_per_call,
+        cli_flags=True, on_first_call=(lambda line: print(line, flush=True)) if progress else None,
     )
     table = analysis.read_tsv(summary.out)
     timing = {
@@ -261,7 +262,7 @@ def cmd_certify(args) -> int:
 def cmd_merge(args) -> int:
     from smoothjax.app import job
 
-    summary = job.merge_shards(args.tsv, args.out, overwrite=args.overwrite)
+    summary = job.merge_shards(args.tsv, args.out, overwrite=args.overwrite, cli_flags=True)
     print(f"wrote {summary.out} ({summary.rows} rows from {len(summary.sources)} files) and {summary.sidecar}")
     return 0
 

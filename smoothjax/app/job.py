@@ -19,10 +19,11 @@ Resume (``resume=True``). The rows already in the file are kept and their inputs
 last line (the process was killed inside a write) and any row that does not parse are dropped
 and recomputed. The run is refused (:class:`JobError`) when the sidecar's settings differ from
 the new call's (sigma, n0, n, alpha, methods, key, format, subspace, shard, model and dataset
-hashes, input ids): runs are never mixed silently. ``batch_size`` and ``inputs_per_call`` may
-change (they do not change any number). Resuming a file that does not exist starts it, so a job
-script may always pass ``resume=True``. Without ``resume``, an existing output is an error unless
-``overwrite=True``.
+hashes, input ids, ``batch_size`` and ``inputs_per_call``): runs are never mixed silently. The
+last two are checked because the radii depend on them in the last digits (the host math is
+compiled per chunk shape); ``rows_per_call`` changes no number and may differ. Resuming a file
+that does not exist starts it, so a job script may always pass ``resume=True``. Without
+``resume``, an existing output is an error unless ``overwrite=True``.
 
 Stopping. SIGTERM and SIGINT (when the job runs in the main thread) let the chunks already
 dispatched finish and be written, mark the sidecar ``"interrupted"`` and raise
@@ -65,14 +66,28 @@ FORMATS = ("smoothjax", "cohen")
 #: Sidecar settings that must agree for a resume (and, apart from ``shard``, for a merge).
 CHECKED_SETTINGS = (
     "sigma", "n0", "n", "alpha", "methods", "key", "key_impl", "format", "format_method", "subspace_sha256", "shard",
-    "process", "params_sha256", "dataset_sha256", "input_ids",
+    "process", "params_sha256", "dataset_sha256", "input_ids", "batch_size", "inputs_per_call",
 )
+
+#: How an argument is named in messages: command-line flag, and Python keyword argument.
+_ARGUMENTS = {
+    "out": ("--out", "out="),
+    "resume": ("--resume", "resume=True"),
+    "overwrite": ("--overwrite", "overwrite=True"),
+    "batch_size": ("--batch-size", "batch_size="),
+    "inputs_per_call": ("--inputs-per-call", "inputs_per_call="),
+}
 
 Shard = tuple[int, int]
 
 
 class JobError(ValueError):
     """A user-facing problem with a job: an existing output, settings that differ on resume, bad shards."""
+
+
+def _arg(name: str, cli: bool) -> str:
+    """``name`` as the user wrote it: the command-line flag (``cli``) or the Python keyword argument."""
+    return _ARGUMENTS[name][0 if cli else 1]
 
 
 class JobInterrupted(RuntimeError):
@@ -82,12 +97,13 @@ class JobInterrupted(RuntimeError):
     of this job written / to write), ``out`` (the TSV path).
     """
 
-    def __init__(self, signum: int, done: int, total: int, out: str):
+    def __init__(self, signum: int, done: int, total: int, out: str, *, cli_flags: bool = False):
         self.signum, self.done, self.total, self.out = signum, done, total, out
         self.signal_name = signal.Signals(signum).name
+        how = "the same command plus --resume" if cli_flags else "the same call plus resume=True"
         super().__init__(
             f"stopped by {self.signal_name} after {done} of {total} inputs; the rows in {out} are kept, "
-            "resume with the same command plus --resume."
+            f"resume with {how}."
         )
 
 
@@ -384,6 +400,8 @@ def certify_dataset(
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
     rows_per_call: int | None = None,
+    cli_flags: bool = False,
+    on_first_call: Callable[[str], None] | None = None,
 ) -> JobSummary:
     """Certify ``xs`` into the TSV ``out``, one durable chunk at a time (see the module docstring).
 
@@ -406,6 +424,9 @@ def certify_dataset(
       format_method: the method of the ``"cohen"`` format (default: the first of ``methods``).
       progress: show a progress bar on stderr (only when stderr is a terminal).
       metadata: extra JSON-able facts for the sidecar (command line, seed, model file, dataset name).
+      cli_flags: name command-line flags (``--resume``) rather than keyword arguments
+        (``resume=True``) in error messages; the command line sets it.
+      on_first_call: called with a one-line note just before the first (compiling) call.
 
     Returns:
       a :class:`JobSummary`.
@@ -461,26 +482,26 @@ def certify_dataset(
     started_utc = _now()
     exists = os.path.exists(out)
     if exists and not resume and not overwrite:
-        raise JobError(f"{out} exists; pass --resume to continue it or --overwrite to start again.")
+        raise JobError(f"{out} exists; pass {_arg('resume', cli_flags)} to continue it or "
+                       f"{_arg('overwrite', cli_flags)} to start again.")
     if exists and resume:
         old = read_sidecar(side) if os.path.exists(side) else None
         if old is None:
             raise JobError(f"cannot resume {out}: its sidecar {side} is missing, so its settings cannot be checked; "
-                           "pass --overwrite to start again.")
+                           f"pass {_arg('overwrite', cli_flags)} to start again.")
         old_settings = old.get("settings", {})
         differ = [name for name in CHECKED_SETTINGS if old_settings.get(name) != settings[name]]
         if differ:
-            hidden = ("key", "input_ids", "params_sha256", "dataset_sha256", "subspace_sha256")
-            shown = [d for d in differ if d not in hidden]
-            detail = ", ".join(f"{d} {old_settings.get(d)!r} -> {settings[d]!r}" for d in shown)
-            names = ", ".join("key (seed)" if d == "key" else d for d in differ)
+            detail = ", ".join(f"{_setting_name(d, cli_flags)} {old_settings.get(d)!r} -> {settings[d]!r}"
+                               for d in differ if d not in _HIDDEN_SETTINGS)
+            names = ", ".join(_setting_name(d, cli_flags) for d in differ)
             raise JobError(f"cannot resume {out}: these settings differ from the run that wrote it: {names}"
-                           f"{' (' + detail + ')' if detail else ''}; use the same settings, another --out, or "
-                           "--overwrite.")
+                           f"{' (' + detail + ')' if detail else ''}; use the same settings, another "
+                           f"{_arg('out', cli_flags)}, or {_arg('overwrite', cli_flags)}.")
         header, rows, dropped = tsv.read_complete_rows(out)
         if header is not None and header != header_line:
-            raise JobError(f"cannot resume {out}: its columns differ from this run's; use another --out or "
-                           "--overwrite.")
+            raise JobError(f"cannot resume {out}: its columns differ from this run's; use another "
+                           f"{_arg('out', cli_flags)} or {_arg('overwrite', cli_flags)}.")
         wanted = {int(i) for i in ids[positions]}
         kept = []
         for line in rows:
@@ -548,13 +569,18 @@ def certify_dataset(
         done.update(int(ids[p]) for p in chunk)
         done_now += len(fresh)
         bar.update(len(fresh))
-        rate = done_now * samples_per_input / max(t_now - start_time, 1e-9)
-        bar.set_postfix_str(f"{rate:.3g} samples/s", refresh=False)
+        if len(chunk_seconds) > 1:  # the first chunk's time includes compilation: leave it out of the rate
+            rate = sum(chunk_inputs[1:]) * samples_per_input / max(sum(chunk_seconds[1:]), 1e-9)
+            bar.set_postfix_str(f"{rate:.3g} samples/s", refresh=False)
         return t_now
 
     with stop.installed():
         t_prev = time.perf_counter()
         # the first call validates every argument (and compiles) before any file is touched
+        if todo and on_first_call is not None:
+            shape = "[" + ", ".join(map(str, (per_call, *xs.shape[1:]))) + "]"
+            on_first_call(f"compiling the certification program for inputs {shape} (n0={n0}, n={n}, "
+                          f"methods={','.join(methods)}); later chunks of this shape reuse it")
         in_flight = (todo[0], dispatch(todo[0])) if todo else None
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         if not (exists and resume):
@@ -576,7 +602,7 @@ def certify_dataset(
             if in_flight is not None:
                 t_prev = finish(*in_flight, t_prev)
             if stop.signum is not None and len(done) < len(positions):
-                raise JobInterrupted(stop.signum, len(done), len(positions), out)
+                raise JobInterrupted(stop.signum, len(done), len(positions), out, cli_flags=cli_flags)
             _put_in_job_order(out, header_line, ids[positions])
             status = "complete"
         except BaseException as err:
@@ -612,6 +638,16 @@ def _put_in_job_order(out: str, header_line: str, order: np.ndarray) -> None:
 # ------------------------------------------------------------------------------- merge
 
 
+_HIDDEN_SETTINGS = ("key", "input_ids", "params_sha256", "dataset_sha256", "subspace_sha256")
+
+
+def _setting_name(name: str, cli: bool) -> str:
+    """A sidecar setting as messages name it: the flag or keyword of the run-shape settings, ``key (seed)``."""
+    if name in ("batch_size", "inputs_per_call"):
+        return _arg(name, cli).rstrip("=")
+    return "key (seed)" if name == "key" else name
+
+
 def _check_no_duplicates(ids: np.ndarray, holders: dict[int, list[str]]) -> None:
     """Raise :class:`JobError` naming every file that holds a row of an input held more than once."""
     dup = sorted(r for r, files in holders.items() if len(files) > 1)
@@ -624,34 +660,45 @@ def _check_no_duplicates(ids: np.ndarray, holders: dict[int, list[str]]) -> None
                    f"{', '.join(files)}. Merge each shard once.")
 
 
-def merge_shards(paths: Sequence[str], out: str, *, overwrite: bool = False) -> MergeSummary:
+def merge_shards(paths: Sequence[str], out: str, *, overwrite: bool = False, cli_flags: bool = False) -> MergeSummary:
     """Concatenate the shard (or per-process) TSVs of one job into ``out``, in job order.
 
     Checks that every file has a sidecar, that the sidecars agree on every setting but the shard /
     process, that each file is complete, and that the union of rows covers each input of the job
     exactly once; raises :class:`JobError` otherwise. Writes ``out`` and its sidecar (status
-    ``"complete"``, ``merged_from`` naming the sources).
+    ``"complete"``, ``merged_from`` naming the sources). ``cli_flags``: name command-line flags
+    in messages rather than keyword arguments.
     """
     if not paths:
         raise JobError("merge needs at least one shard TSV.")
     if os.path.exists(out) and not overwrite:
-        raise JobError(f"{out} exists; pass --overwrite to replace it.")
+        raise JobError(f"{out} exists; pass {_arg('overwrite', cli_flags)} to replace it.")
+    for path in paths:
+        if not os.path.isfile(path):
+            what = "is a directory, not a TSV" if os.path.isdir(path) else "not found"
+            raise JobError(f"shard TSV {path!r} {what}; merge takes the TSVs that certify wrote with a shard.")
     sidecars = [read_sidecar(sidecar_path(p)) for p in paths]
     first = sidecars[0]
+    resume = "--resume" if cli_flags else "certify_dataset(..., resume=True)"
     for path, side in zip(paths, sidecars):
         if side.get("status") != "complete":
-            raise JobError(f"{path} is not complete (status {side.get('status')!r}); resume it with --resume first.")
+            raise JobError(f"{path} is not complete (status {side.get('status')!r}); resume it with {resume} first.")
         differ = [k for k in CHECKED_SETTINGS if k not in ("shard", "process")
                   and side["settings"].get(k) != first["settings"].get(k)]
         if differ:
-            raise JobError(f"{path} and {paths[0]} come from different runs (they differ in {', '.join(differ)}).")
+            names = ", ".join(_setting_name(d, cli_flags) + ("" if d in _HIDDEN_SETTINGS else
+                                                             f" ({side['settings'].get(d)!r} in {path}, "
+                                                             f"{first['settings'].get(d)!r} in {paths[0]})")
+                              for d in differ)
+            raise JobError(f"{path} and {paths[0]} come from different runs (they differ in {names}); "
+                           "merge the shards of one job.")
     ids = _decode_ids(first["settings"]["input_ids"])
     rank = {int(i): r for r, i in enumerate(ids)}
     header_line, by_rank, holders = None, {}, {}
     for path in paths:
         header, rows, dropped = tsv.read_complete_rows(path)
         if dropped:
-            raise JobError(f"{path} has {dropped} damaged row(s); resume it with --resume first.")
+            raise JobError(f"{path} has {dropped} damaged row(s); resume it with {resume} first.")
         if header_line is None:
             header_line = header
         elif header != header_line:
