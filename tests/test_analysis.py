@@ -4,6 +4,7 @@ Expected values are computed by hand or with scipy (binomial quantiles, normal q
 with the functions under test.
 """
 
+import dataclasses
 import math
 import os
 
@@ -252,3 +253,51 @@ def test_distinct_names_keep_only_the_folders_that_differ():
     names = cli._distinct_names(["x/cifar10/resnet110/noise_0.25/test/N_100", "x/mnist/net/noise_0.25/test/N_100",
                                  "y/s025/run.tsv", "deep/er/s050/run.tsv", "alone.tsv"])
     assert names == ["resnet110/N_100", "net/N_100", "s025/run", "s050/run", "alone"]
+
+
+# --------------------------------------------------------------------------- partial runs, norms of the scatter
+
+
+def _write_job(path, rows, *, status="complete", job_inputs, file_inputs, shard=None, shape=(8, 8, 1)):
+    """A smoothjax TSV with ``rows`` inputs and the sidecar `smoothjax certify` would write beside it."""
+    import json
+
+    with open(path, "w") as fh:
+        fh.write("idx\tlabel\tpredict\tradius_cohen_l2\tradius_first_order_linf\tcorrect\ttime\n")
+        for i in range(rows):
+            fh.write(f"{i}\t1\t1\t0.8\t{0.05 if i % 2 else 0.2}\t1\t0.5\n")
+    side = {"format": "smoothjax-job/1", "status": status,
+            "settings": {"sigma": 0.25, "n": 1000, "alpha": 0.001, "shard": shard},
+            "inputs": {"job": job_inputs, "this_file": file_inputs, "shape": list(shape)}}
+    with open(f"{path}.json", "w") as fh:
+        json.dump(side, fh)
+    return str(path)
+
+
+def test_analyze_notes_an_interrupted_run_and_a_single_shard(tmp_path, capsys):
+    cert = _write_job(tmp_path / "cert.tsv", 5, status="interrupted", job_inputs=40, file_inputs=40)
+    shard = _write_job(tmp_path / "cert.shard1.tsv", 20, shard=[1, 2], job_inputs=40, file_inputs=20)
+    whole = _write_job(tmp_path / "whole.tsv", 40, job_inputs=40, file_inputs=40)
+    assert cli.main(["analyze", cert, shard, whole, "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    notes = ["cert.tsv: 5 of 40 inputs (run interrupted; resume it with --resume)",
+             "cert.shard1.tsv (shard 1/2): 20 of 40 inputs; merge the shards first"]
+    md = (tmp_path / "out" / "summary.md").read_text()
+    for note in notes:
+        assert captured.err.count(note) == 1 and note in md and note in captured.out
+    assert "whole.tsv" not in captured.err  # a complete, unsharded run gets no note
+
+
+def test_radius_scatter_compares_linf_with_the_linf_ball_inside_cohens_ball(tmp_path):
+    # cohen 0.8 in d = 64 contains the linf ball of radius 0.1: linf radii 0.2 are larger, 0.05 smaller
+    path = _write_job(tmp_path / "cert.tsv", 4, job_inputs=4, file_inputs=4)
+    table = analysis.read_tsv(path)
+    assert table.job["dim"] == 64
+    analysis.plot_radius_scatter([table], str(tmp_path / "sc"), formats=("svg", "png"))
+    svg = (tmp_path / "sc.svg").read_text()
+    assert "cohen_l2 radius / sqrt(d), the linf ball it contains (d = 64)" in svg
+    assert "larger than cohen_l2's ball for 50%, smaller for 50%" in svg
+    # without the input dimension the linf panel is left out, and said so
+    notes = []
+    assert analysis.plot_radius_scatter([dataclasses.replace(table, job={})], str(tmp_path / "x"), notes=notes) == []
+    assert len(notes) == 1 and "input dimension d is unknown" in notes[0]

@@ -79,7 +79,7 @@ def test_uninterrupted_run_writes_every_row_and_a_sidecar(reference):
     assert [int(r[0]) for r in rows[1:]] == list(range(NUM))
     side = job.read_sidecar(job.sidecar_path(str(reference)))
     assert side["status"] == "complete" and side["settings"]["methods"] == list(METHODS)
-    assert side["inputs"] == {"job": NUM, "this_file": NUM}
+    assert side["inputs"] == {"job": NUM, "this_file": NUM, "shape": [8, 8, 1]}
 
 
 def test_resume_after_an_exception_mid_run(digits, reference, tmp_path, monkeypatch):

@@ -209,6 +209,30 @@ def _envelope_methods(tables: Sequence[CertificationTable]) -> list[str]:
     return out
 
 
+def partial_note(table: CertificationTable) -> str | None:
+    """A one-line note when ``table`` holds only part of its job (its sidecar says so), else None.
+
+    An interrupted (or unfinished) run: ``"cert.tsv: 5 of 40 inputs (run interrupted; resume it
+    with --resume)"``; one shard or process file of a job: ``"cert.shard1.tsv (shard 1/2): 20 of
+    40 inputs; merge the shards first"``.
+    """
+    job = table.job
+    if not job:
+        return None
+    name = os.path.basename(table.path) or table.name
+    rows = len(table)
+    status = job.get("status")
+    if status in ("interrupted", "running") and rows < job.get("file_inputs", rows + 1):
+        why = "run interrupted" if status == "interrupted" else "run unfinished, or still running"
+        return f"{name}: {rows} of {job.get('file_inputs', '?')} inputs ({why}; resume it with --resume)"
+    part = job.get("shard") or job.get("process")
+    if part is not None and rows < job.get("job_inputs", rows + 1):
+        kind = "shard" if job.get("shard") else "process"
+        what = "shards" if kind == "shard" else "process files"
+        return f"{name} ({kind} {part[0]}/{part[1]}): {rows} of {job['job_inputs']} inputs; merge the {what} first"
+    return None
+
+
 def _shared_settings(tables: Sequence[CertificationTable]) -> dict:
     keys = set.intersection(*(set(t.settings) for t in tables)) if tables else set()
     return {k: tables[0].settings[k] for k in ("sigma", "n", "alpha")
@@ -231,7 +255,9 @@ def markdown_table(tables: Sequence[CertificationTable], radii: Sequence[float] 
     ``alpha`` is known (``n/a`` for the others; only a note when no file's alpha is known).
     """
     head = ["file", "method", "threat model", *[f"r = {r:g}" for r in radii], "ACR", "s / input"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(radii) + 2)) + "|"]
+    notes = [note for note in map(partial_note, tables) if note]
+    lines = [f"**Partial run.** {note}; its certified accuracy covers only these inputs.\n" for note in notes]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(radii) + 2)) + "|"]
     for t in tables:
         per_input = float(np.nanmean(t.time)) if len(t.time) and np.any(np.isfinite(t.time)) else float("nan")
         for m in t.methods:
@@ -499,17 +525,36 @@ def radius_pairs(tables: Sequence[CertificationTable],
 
 
 def plot_radius_scatter(tables: Sequence[CertificationTable], out_stem: str, *, reference: str = REFERENCE_METHOD,
-                        formats: Sequence[str] = ("png",)) -> list[str]:
+                        formats: Sequence[str] = ("png",), notes: list[str] | None = None) -> list[str]:
     """Each input's radius under every method against Cohen's, one panel per (table, method).
 
-    Points above the diagonal are inputs where the method certifies more than Cohen's l2 radius
-    (for l1 and subspace radii the diagonal is the l2-ball baseline; for linf the radii are in a
-    different norm and the diagonal is only a guide); each title gives the fractions of inputs
-    above and below it. Correctly classified inputs are filled, wrong ones hollow; inputs where
-    both radii are 0 are left out. Returns ``[]`` (and writes
-    nothing) when no table pairs a method with ``reference``.
+    Each method is compared with the ball of its own norm that Cohen's l2 ball contains: an l2
+    ball of radius r contains the l1 ball and the subspace l2 ball of radius r, and the linf ball
+    of radius r / sqrt(d) (d the input dimension, from the table's sidecar). Points above the
+    diagonal are inputs where the method certifies more than that; each title gives the fractions
+    of inputs above and below it. Correctly classified inputs are filled, wrong ones hollow;
+    inputs where both radii are 0 are left out. A linf panel whose d is unknown is skipped, with a
+    sentence appended to ``notes`` (when given). Returns ``[]`` (and writes nothing) when no panel
+    is left.
     """
-    pairs = radius_pairs(tables, reference)
+    dims = {t.name: t.job.get("dim") for t in tables}
+    pairs = []
+    for name, m, ref, rad, ok in radius_pairs(tables, reference):
+        label = f"{reference} radius (l2, input units)"
+        if threat_model(m) == "linf":
+            dim = next((dims[n] for n in name.split(" vs ") if dims.get(n)), None)
+            if not dim:
+                if notes is not None:
+                    notes.append(f"{name}: the {m} scatter panel is left out: the input dimension d is unknown "
+                                 f"(no sidecar), and a linf radius is compared with {reference} / sqrt(d)")
+                continue
+            ref = ref / math.sqrt(dim)
+            label = f"{reference} radius / sqrt(d), the linf ball it contains (d = {dim})"
+        elif threat_model(m) == "l1":
+            label = f"{reference} radius, the l1 ball it contains (same radius)"
+        elif threat_model(m) == "subspace l2":
+            label = f"{reference} radius, the subspace l2 ball it contains (same radius)"
+        pairs.append((name, m, ref, rad, ok, label))
     if not pairs:
         return []
     plt = _pyplot()
@@ -517,18 +562,19 @@ def plot_radius_scatter(tables: Sequence[CertificationTable], out_stem: str, *, 
     rows = -(-len(pairs) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.8 * rows), squeeze=False)
     shared = _shared_settings(tables)
-    for ax, (name, m, ref, rad, ok) in zip(axes.ravel(), pairs):
+    for ax, (name, m, ref, rad, ok, xlabel) in zip(axes.ravel(), pairs):
         keep = (ref > 0) | (rad > 0)
         finite = np.isfinite(ref) & np.isfinite(rad)
         keep &= finite
         top = max(float(np.max(ref[keep], initial=0.0)), float(np.max(rad[keep], initial=0.0)), 1e-3) * 1.05
-        ax.plot([0, top], [0, top], color="0.5", lw=1, linestyle="--", label="equal radius")
+        ax.plot([0, top], [0, top], color="0.5", lw=1, linestyle="--", label="equal (same norm)")
         ax.scatter(ref[keep & ok], rad[keep & ok], s=10, alpha=0.7, label="correct")
         ax.scatter(ref[keep & ~ok], rad[keep & ~ok], s=12, facecolors="none", edgecolors="C3", alpha=0.8, label="wrong")
         above = float(np.mean(rad[keep] > ref[keep])) if keep.any() else 0.0
         below = float(np.mean(rad[keep] < ref[keep])) if keep.any() else 0.0
-        ax.set_title(f"{name}\n{m}: larger than {reference} for {above:.0%}, smaller for {below:.0%}", fontsize=8)
-        ax.set_xlabel(f"{reference} radius (l2, input units)")
+        ax.set_title(f"{name}\n{m}: larger than {reference}'s ball for {above:.0%}, smaller for {below:.0%}",
+                     fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(f"{m} radius ({threat_model(m).split()[-1]}, input units)")
         ax.set_xlim(0, top)
         ax.set_ylim(0, top)
@@ -537,5 +583,5 @@ def plot_radius_scatter(tables: Sequence[CertificationTable], out_stem: str, *, 
         ax.legend(fontsize=_LEGEND_FONTSIZE, loc="upper left")
     for ax in axes.ravel()[len(pairs):]:
         ax.set_visible(False)
-    title = f"per-input radius against {reference}"
+    title = f"per-input radius against the ball of the same norm inside {reference}'s l2 ball"
     return _finish(fig, plt, title, shared, out_stem, formats)

@@ -314,8 +314,11 @@ def run_analyze(paths: Sequence[str], out_dir: str, radii=SUMMARY_RADII, *, meth
     if len(set(names)) < len(names):  # same file name in different folders: tell them apart
         tables = [dataclasses.replace(t, name=n) for t, n in zip(tables, _distinct_names(files))]
     os.makedirs(out_dir, exist_ok=True)
+    scatter_notes: list[str] = []
     written = analysis.plot_certified_accuracy(tables, os.path.join(out_dir, "certified_accuracy"))
-    written += analysis.plot_radius_scatter(tables, os.path.join(out_dir, "radius_scatter"))
+    written += analysis.plot_radius_scatter(tables, os.path.join(out_dir, "radius_scatter"), notes=scatter_notes)
+    for note in [n for n in map(analysis.partial_note, tables) if n] + scatter_notes:
+        print(f"note: {note}", file=sys.stderr)
     tex = os.path.join(out_dir, "summary.tex")
     with open(tex, "w") as fh:
         fh.write(analysis.latex_table(tables, radii, rho=rho))
@@ -330,6 +333,7 @@ def run_analyze(paths: Sequence[str], out_dir: str, radii=SUMMARY_RADII, *, meth
                 fh.write(f"- {t.name}: {text}\n")
         fh.write("\n" if any(t.settings for t in tables) else "")
         fh.write(analysis.markdown_table(tables, radii, rho=rho))
+        fh.write("".join(f"\nNote: {note}.\n" for note in scatter_notes))
     return written + [tex, md]
 
 

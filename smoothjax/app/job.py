@@ -535,7 +535,7 @@ def certify_dataset(
         "status": "running",
         "out": os.path.basename(out),
         "settings": settings,
-        "inputs": {"job": int(total_inputs), "this_file": int(len(positions))},
+        "inputs": {"job": int(total_inputs), "this_file": int(len(positions)), "shape": list(xs.shape[1:])},
         "model": {"apply_fn": getattr(apply_fn, "__qualname__", repr(apply_fn)),
                   "output_dtype": _model_dtype(apply_fn, params, xs)},
         "environment": environment(),
@@ -719,7 +719,7 @@ def merge_shards(paths: Sequence[str], out: str, *, overwrite: bool = False, cli
     tsv.write_lines_atomic(out, [header_line] + [by_rank[r] for r in range(len(ids))])
     record = dict(first, status="complete", out=os.path.basename(out), finished_utc=_now(),
                   settings=dict(first["settings"], shard=None, process=None),
-                  inputs={"job": len(ids), "this_file": len(ids)},
+                  inputs=dict(first.get("inputs", {}), job=len(ids), this_file=len(ids)),
                   merged_from=[{"path": os.path.relpath(p, os.path.dirname(os.path.abspath(out))),
                                 "sha256": file_sha256(p), "shard": s["settings"].get("shard"),
                                 "process": s["settings"].get("process")}

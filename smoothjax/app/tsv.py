@@ -67,7 +67,8 @@ class CertificationTable:
     ``radii`` maps method name -> ``[rows]`` radii (input units); ``correct`` is ``[rows]`` bool;
     ``time`` seconds per input (NaN where unknown); ``idx`` the input ids (None if the file has
     none); ``settings`` the known subset of ``sigma``, ``n``, ``alpha``; ``source_format`` one of
-    ``"smoothjax"``, ``"cohen"``, ``"levine"``; ``path`` the file read.
+    ``"smoothjax"``, ``"cohen"``, ``"levine"``; ``path`` the file read; ``job`` what a
+    ``smoothjax certify`` sidecar says about the run (:func:`read_job_info`; empty otherwise).
     """
 
     name: str
@@ -80,6 +81,7 @@ class CertificationTable:
     settings: dict = dataclasses.field(default_factory=dict)
     source_format: str = "smoothjax"
     path: str = ""
+    job: dict = dataclasses.field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -155,6 +157,43 @@ def read_sidecar(path: str) -> dict:
     return {}
 
 
+def read_job_info(path: str) -> dict:
+    """What the ``smoothjax certify`` sidecar ``<path>.json`` says about the run; ``{}`` without one.
+
+    Keys (each only when the sidecar has it): ``status`` (``"complete"``, ``"interrupted"``,
+    ``"running"``), ``job_inputs`` (inputs of the whole job), ``file_inputs`` (this file's share),
+    ``shard`` (``[i, k]``), ``process`` (``[p, P]``), ``dim`` (input dimension: the product of the
+    input shape, from the sidecar or the model config it records).
+    """
+    candidate = f"{path}.json"
+    if not os.path.isfile(candidate):
+        return {}
+    try:
+        with open(candidate) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}  # read_sidecar reports an unreadable file
+    if not isinstance(data, Mapping) or not str(data.get("format", "")).startswith("smoothjax-job/"):
+        return {}
+    info: dict = {}
+    if isinstance(data.get("status"), str):
+        info["status"] = data["status"]
+    inputs = data.get("inputs") if isinstance(data.get("inputs"), Mapping) else {}
+    for key, name in (("job", "job_inputs"), ("this_file", "file_inputs")):
+        if isinstance(inputs.get(key), int):
+            info[name] = inputs[key]
+    settings = data.get("settings") if isinstance(data.get("settings"), Mapping) else {}
+    for key in ("shard", "process"):
+        if isinstance(settings.get(key), list) and len(settings[key]) == 2:
+            info[key] = [int(v) for v in settings[key]]
+    model = (data.get("metadata") or {}).get("model") if isinstance(data.get("metadata"), Mapping) else None
+    config = model.get("config") if isinstance(model, Mapping) else None
+    shape = inputs.get("shape", (config or {}).get("input_shape") if isinstance(config, Mapping) else None)
+    if isinstance(shape, list) and shape and all(isinstance(s, int) and s >= 1 for s in shape):
+        info["dim"] = int(np.prod(shape))
+    return info
+
+
 def _settings_in(data) -> dict:
     if not isinstance(data, Mapping):
         return {}
@@ -223,7 +262,8 @@ def read_tsv(path: str, name: str | None = None, *, method: str | None = None,
     found = {**settings_from_path(path), **read_sidecar(path)}
     found.update({k: v for k, v in (settings or {}).items() if v is not None})
     stem = name or file_stem(base)
-    return CertificationTable(stem, label, predict, correct, radii, time, idx, found, source, path)
+    return CertificationTable(stem, label, predict, correct, radii, time, idx, found, source, path,
+                              read_job_info(path))
 
 
 def expand_log_paths(paths: Sequence[str]) -> list[str]:
