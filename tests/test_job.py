@@ -107,6 +107,15 @@ def test_resume_after_an_exception_mid_run(digits, reference, tmp_path, monkeypa
     assert side["status"] == "complete" and len(side["sessions"]) == 2
 
 
+def test_a_line_announces_the_first_compiling_call(digits, reference, tmp_path):
+    lines = []
+    _run(digits, tmp_path / "c.tsv", on_first_call=lines.append)
+    assert lines == ["compiling the certification program for inputs [4, 8, 8, 1] (n0=32, n=200, "
+                     "methods=cohen_l2,sos_l2); later chunks of this shape reuse it"]
+    _run(digits, tmp_path / "c.tsv", resume=True, on_first_call=lines.append)  # nothing left: no call, no line
+    assert len(lines) == 1
+
+
 def test_resume_drops_a_torn_last_line_and_damaged_rows(digits, reference, tmp_path):
     out = tmp_path / "torn.tsv"
     _run(digits, out)
@@ -395,7 +404,7 @@ def test_cli_shards_merge_and_refusals(tmp_path, capsys, digits, monkeypatch):
         for i in range(2):
             assert cli.main(common + ["--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}.tsv")]) == 0
         assert cli.main(common + ["--out", str(tmp_path / "all.tsv")]) == 0
-    capsys.readouterr()
+    assert "compiling" not in capsys.readouterr().out  # --quiet
     merge = ["merge", str(tmp_path / "s0.tsv"), str(tmp_path / "s1.tsv"), "--out", str(tmp_path / "m.tsv")]
     assert cli.main(merge) == 0
     assert "9 rows from 2 files" in capsys.readouterr().out
