@@ -13,7 +13,8 @@ The certified core (this package, without :mod:`smoothjax.app`), one module per 
   pipeline          predict / certify over a batch of inputs.
   results           CertifyResult, ABSTAIN and the abstain reasons.
   flax_adapters     turning Flax linen / NNX models into pure ``apply_fn(params, x)``.
-  objectives        differentiable surrogates and certificate-aware training losses.
+  surrogates        differentiable soft smoothed probabilities, gradients and radii at them.
+  objectives        training losses: the published baselines and certificate-aware hinges.
 
 The application (command line, datasets, model zoo, training loop, analysis, TSV files) lives in
 :mod:`smoothjax.app`, which the core never imports.
@@ -42,18 +43,15 @@ from smoothjax.objectives import (
     certified_radius_loss,
     consistency_loss,
     gaussian_augmentation_loss,
-    gradient_norms,
     macer_loss,
     make_objective,
     smoothadv_loss,
-    smoothed_gradient,
-    soft_radius,
-    soft_smoothed_probabilities,
 )
 from smoothjax.pipeline import certify, certify_in_batches, predict
 from smoothjax.quadrature import gauss_hermite_normal, gauss_legendre, gaussian_panel_rule
 from smoothjax.results import ABSTAIN, AbstainReason, CertifyResult, abstain_reasons
 from smoothjax.sampling import SampleStatistics, sample_statistics
+from smoothjax.surrogates import gradient_norms, smoothed_gradient, soft_radius, soft_smoothed_probabilities
 from smoothjax.theorem3 import (
     DirectionalRadiusSolution,
     Theorem3Solution,

@@ -1,8 +1,9 @@
-"""Tests of smoothjax.objectives: surrogates against closed forms / scipy quadrature on a linear
-(half-space) logit model; every objective finite and differentiable at the edges (zero gradients,
-p at 1/2 and 1, saturated softmax, gradient norms at their maximum) in float32 and float64 under
-jit and vmap; the baselines (MACER, Consistency, SmoothAdv) against hand computations in NumPy; a
-training step decreases the loss; determinism given the key; errors for bad names/options.
+"""Tests of smoothjax.surrogates and smoothjax.objectives: surrogates against closed forms / scipy
+quadrature on a linear (half-space) logit model; every objective finite and differentiable at the
+edges (zero gradients, p at 1/2 and 1, saturated softmax, gradient norms at their maximum) in
+float32 and float64 under jit and vmap, and with a float32 model while x64 is on; the baselines
+(MACER, Consistency, SmoothAdv) against hand computations in NumPy; a training step decreases the
+loss; determinism given the key; errors for bad names/options.
 
 References are independent of the code under test: for logits ``[0, k (w.x + b)]`` with unit ``w``,
 softmax(beta * logits)_1 = sigmoid(beta k s) with ``s = w.x + b``, so the soft smoothed probability
@@ -305,6 +306,40 @@ def test_training_step_decreases_loss_jit_and_determinism(name):
     params = jax.tree_util.tree_map(lambda p, d: p - 1e-3 * d / gnorm, params, g)
     l1 = float(jitted(params, x, y, key))
     assert l1 < l0, (name, l0, l1)
+
+
+@pytest.mark.parametrize("name", ["macer", "cohen_l2", "dipole_l2"])
+def test_float32_model_with_x64_on(name):
+    """The training loop's case, under strict promotion (conftest): a float32 model while x64 is on. A
+    baseline stays in float32; a certificate-aware loss adds its hinge in float64 (the radius dtype)."""
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), _dense_params(0.3, seed=1, classes=3))
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((4, DIM)), jnp.float32)
+    y = jnp.array([0, 1, 2, 0], jnp.int32)
+    loss_fn = obj.make_objective(name, dense_apply, sigma=0.25, num_samples=4)
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, x, y, jax.random.key(0))
+    assert loss.dtype == (jnp.float32 if name in obj.BASELINES else jnp.float64)
+    assert np.isfinite(float(loss))
+    assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_integer_inputs_are_noised_in_the_default_float_dtype():
+    params = _dense_params(1.0, seed=2, classes=3)
+    x = jnp.asarray(np.random.default_rng(3).integers(0, 4, (3, DIM)))
+    key = jax.random.key(4)
+    p_int = obj.soft_smoothed_probabilities(dense_apply, params, x, key, sigma=SIGMA, num_samples=8)
+    p_float = obj.soft_smoothed_probabilities(dense_apply, params, x.astype(jnp.float64), key, sigma=SIGMA,
+                                              num_samples=8)
+    np.testing.assert_array_equal(np.asarray(p_int), np.asarray(p_float))
+
+
+def test_surrogates_are_importable_from_objectives_and_the_package():
+    import smoothjax
+    from smoothjax import surrogates
+
+    for name in surrogates.__all__:
+        assert getattr(obj, name) is getattr(surrogates, name), name
+    for name in set(surrogates.__all__) & set(smoothjax.__all__):
+        assert getattr(smoothjax, name) is getattr(surrogates, name), name
 
 
 def test_certified_loss_reduces_to_smoothed_cross_entropy_without_hinge():
