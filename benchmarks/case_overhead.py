@@ -26,6 +26,7 @@ machine); every call ends with ``block_until_ready``. The baseline is measured i
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -139,8 +140,9 @@ def run(config, log) -> list[dict]:
                     bare_times.append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     for c in range(calls):
-                        jax.block_until_ready(pipeline.certify(apply_fn, params, xs[c * per_call:(c + 1) * per_call],
-                                                               jax.random.key(0), input_ids=ids + c * per_call, **kwargs))
+                        part = xs[c * per_call:(c + 1) * per_call]
+                        jax.block_until_ready(pipeline.certify(apply_fn, params, part, jax.random.key(0),
+                                                               input_ids=ids + c * per_call, **kwargs))
                     call_times.append(time.perf_counter() - t0)
                 best_rate = max(best_rate, best_args[3] / min(bare_times))
                 need = inputs * rows_needed(cfg["n0"], cfg["n"], methods)
@@ -177,6 +179,7 @@ def run(config, log) -> list[dict]:
                     "ratio": t_limit / t_job,
                     "overhead_pct": overhead,
                     "overhead_note": "fastest job vs fastest bare forward over the rows needed (n0 + n, + n/2 dipole)",
+                    "load_average": list(os.getloadavg()),
                 }
                 if model_name in TARGET_MODELS:
                     row["target_overhead_pct"] = 10.0
@@ -184,5 +187,6 @@ def run(config, log) -> list[dict]:
                 rows_out.append(row)
                 log(f"  {model_name:6s} {config_name:5s} {row['throughput']:9.4g} inputs/s  job {t_job:.3g} s  "
                     f"limit {t_limit:.3g} s  overhead {overhead:6.1f}%  (job vs certify calls "
-                    f"{row['job_overhead_pct']:+.1f}%, rows seen/needed {seen / need:.3f}, first job {compile_s:.1f} s)")
+                    f"{row['job_overhead_pct']:+.1f}%, rows seen/needed {seen / need:.3f}, "
+                    f"first job {compile_s:.1f} s, load {row['load_average'][0]:.2f})")
     return rows_out

@@ -15,6 +15,9 @@ one reduction, no statistics. ``overhead_pct`` = 100 (t_stats / t_bare - 1) at e
 evaluations: the price of noise generation plus every statistic. ``ratio`` = bare time /
 statistics time (<= 1; 1/1.1 = 0.909 is the 10% target).
 
+``python -m benchmarks.case_sampling --profile cnn`` (:func:`profile`) splits one sampling step
+into its parts: the noise alone, the model alone, and the statistics programs, in ms per step.
+
 Case 3 (``scaling``). The MLP with the ``all`` configuration, compiled once per shape
 (``jit(...).lower(...).compile()``): wall time and memory as ``n`` grows at batch 1, and as the
 input batch grows at fixed ``n``. Memory is XLA's compiled memory analysis (temp buffers) and the
@@ -26,7 +29,9 @@ largest n / smallest n (1 = flat).
 
 from __future__ import annotations
 
+import argparse
 import functools
+import os
 import time
 
 import jax
@@ -34,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import models
-from smoothjax.sampling import sample_statistics
 from benchmarks.common import compiled_memory, peak_rss_bytes, reset_peak_rss, spread, time_interleaved
+from smoothjax.sampling import _key_words, device_statistics, sample_statistics, standard_normal
 
 SIGMA = 0.25
 CONFIGS = {"counts": {}, "all": {"dot_product": True, "dipole": True, "split_half": True}}
@@ -68,7 +73,7 @@ def run_sampling(config, log) -> list[dict]:
         key = jax.random.key(1)
         for cfg_name, flags in CONFIGS.items():
             stats_fn = jax.jit(
-                lambda p, x, k, t, flags=flags: sample_statistics(
+                lambda p, x, k, t, flags=flags, apply_fn=apply_fn, n=n, chunk=chunk: sample_statistics(
                     apply_fn, p, x, k, sigma=SIGMA, num_samples=n, batch_size=chunk,
                     target_class=t if flags else None, **flags)
             )
@@ -186,3 +191,77 @@ def run_scaling(config, log) -> list[dict]:
         log(f"  scaling batch={batch:>4d} (n={n}): {timing['median_s']:.4g} s, "
             f"temp {memory['temp_size_in_bytes'] if memory else 'n/a'} B")
     return rows
+
+
+def profile(model_name: str = "cnn", inputs: int = 8, chunk: int = 1000, steps: int = 10, rows_per_call: int = 2000,
+            repeats: int = 7, log=print) -> dict:
+    """Where one sampling step (``inputs x chunk`` rows) spends its time, in ms per step.
+
+    Programs, each a ``fori_loop`` of ``steps`` steps, timed in interleaved repeats (fastest wall
+    and fastest process CPU time, the latter less sensitive to other processes on the machine):
+    ``noise`` draws the step's noise and forms the rows (kept, as the model needs them); ``model``
+    is the bare forward pass over the same rows in calls of ``rows_per_call``; ``counts``,
+    ``counts+dots``, ``counts+halves`` and ``all`` are :func:`smoothjax.sampling.device_statistics`
+    (noise, model and statistics) with ``rows_per_call``; ``all`` evaluates 1.5x the rows.
+    """
+    apply_fn, params, shape = models.get(model_name)
+    xs = _inputs(shape, inputs)
+    ids = jnp.arange(inputs, dtype=jnp.uint32)
+    sigma = jnp.float32(SIGMA)
+
+    @jax.jit
+    def noise(xs, key):
+        words = jax.vmap(_key_words)(jax.vmap(jax.random.fold_in, (None, 0))(key, ids))
+
+        def body(j, acc):
+            idx = (j * chunk + jnp.arange(chunk)).astype(jnp.uint32)
+            u = jax.vmap(lambda k: standard_normal(k, idx, shape, jnp.float32))(words)
+            return acc + (xs[:, None] + sigma * u)
+
+        return jax.lax.fori_loop(0, steps, body, jnp.zeros((inputs, chunk, *shape), jnp.float32))
+
+    def stats(**flags):
+        return jax.jit(lambda p, x, k: device_statistics(
+            apply_fn, p, x, k, sigma, jnp.zeros(inputs, jnp.int32), ids, num_samples=chunk * steps,
+            batch_size=chunk, rows_per_call=rows_per_call, **flags))
+
+    base = jax.random.uniform(jax.random.key(3), (rows_per_call, *shape), jnp.float32)
+    pattern = jax.random.normal(jax.random.key(4), base.shape, jnp.float32)
+    bare = _bare_forward(apply_fn, rows_per_call, steps * inputs * chunk // rows_per_call)
+    key = jax.random.key(1)
+    programs = {
+        "noise": functools.partial(noise, xs, key),
+        "model": functools.partial(bare, params, base, pattern),
+        "counts": functools.partial(stats(), params, xs, key),
+        "counts+dots": functools.partial(stats(dot_product=True), params, xs, key),
+        "counts+halves": functools.partial(stats(split_half=True), params, xs, key),
+        "all": functools.partial(stats(dot_product=True, dipole=True, split_half=True), params, xs, key),
+    }
+    for fn in programs.values():
+        jax.block_until_ready(fn())
+    wall, cpu = {k: [] for k in programs}, {k: [] for k in programs}
+    for _ in range(repeats):
+        for name, fn in programs.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            jax.block_until_ready(fn())
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    out = {"model": model_name, "rows_per_step": inputs * chunk, "rows_per_call": rows_per_call,
+           "load_average": os.getloadavg(), "ms_per_step": {k: 1e3 * min(v) / steps for k, v in wall.items()},
+           "cpu_ms_per_step": {k: 1e3 * min(v) / steps for k, v in cpu.items()}}
+    log(f"{model_name}: {inputs} inputs x {chunk} samples per step, {rows_per_call} rows per model call, "
+        f"load {out['load_average'][0]:.2f}")
+    for name in programs:
+        log(f"  {name:14s} {out['ms_per_step'][name]:8.2f} ms/step  (CPU {out['cpu_ms_per_step'][name]:8.2f} ms)")
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Split a sampling step into noise, model and statistics.")
+    parser.add_argument("--profile", default="cnn", choices=sorted(models.SHAPES))
+    parser.add_argument("--inputs", type=int, default=8)
+    parser.add_argument("--chunk", type=int, default=1000)
+    parser.add_argument("--rows-per-call", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=7)
+    a = parser.parse_args()
+    profile(a.profile, a.inputs, a.chunk, rows_per_call=a.rows_per_call, repeats=a.repeats)

@@ -1,7 +1,7 @@
 """The benchmark suite runs, writes the documented JSON, and its baselines are right.
 
-The runner is called in-process with the ``--smoke`` sizes. Cases whose library function is not
-there yet are recorded as skipped (with a reason); every ratio that is reported must be finite.
+The runner is called in-process with the ``--smoke`` sizes. A smoothjax case never skips (a
+missing function is an error); every ratio that is reported must be finite.
 The baselines are checked against the independent high-precision references of
 ``benchmarks/references.py`` (mpmath / scipy), so the speed ratios compare against code that
 computes the right thing.
@@ -92,6 +92,15 @@ def test_smoke_run_all_cases(tmp_path):
     _check_report(json.loads(out.read_text()), set(run.CASES))
 
 
+@pytest.mark.slow
+def test_sampling_profile_splits_a_step():
+    from benchmarks import case_sampling
+
+    out = case_sampling.profile("mlp", inputs=2, chunk=50, steps=2, rows_per_call=100, repeats=1, log=lambda _: None)
+    assert set(out["ms_per_step"]) == {"noise", "model", "counts", "counts+dots", "counts+halves", "all"}
+    assert all(t > 0 for t in out["ms_per_step"].values())
+
+
 def test_only_rejects_unknown_case():
     with pytest.raises(ValueError, match="unknown case"):
         run.run_cases("smoke", ["nonsense"])
@@ -108,12 +117,12 @@ def test_table_from_synthetic_report():
             {"case": "certificates", "name": "sos", "size": 100, "unit": "certificates/s", "throughput": 2e6,
              "baseline": {"throughput": 100.0}, "ratio": 2e4, "target_ratio": 1e4, "meets_target": True,
              "errors": {"ours_max_abs_error": 1e-12, "baseline_max_abs_error": 1e-9}},
-            {"case": "compile", "name": "certify", "skipped": "not there yet"},
+            {"case": "certificates", "name": "l1", "size": 10**6, "skipped": "estimated 642 s exceeds the budget"},
         ],
     }
     md = run.markdown_table(report)
     assert "| certificates | sos | 100 |" in md and "2e+04" in md and "(met)" in md
-    assert "skipped: not there yet" in md
+    assert "skipped: estimated 642 s exceeds the budget" in md
 
 
 # ---- the baselines compute the right radii (independent mpmath / scipy references) ----

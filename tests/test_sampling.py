@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from analytic_classifiers import HalfSpace, Slab, unit_vector
+from jax.extend.random import threefry_2x32
 
-from smoothjax.sampling import MAX_NUM_SAMPLES, device_statistics, sample_statistics
+from smoothjax.sampling import MAX_NUM_SAMPLES, device_statistics, sample_statistics, standard_normal
 
 SIGMA = 0.5
 SHAPE = (2, 2)
@@ -110,6 +111,64 @@ def test_same_key_same_result_and_input_id_invariance():
     np.testing.assert_allclose(np.asarray(c.z_sum_a), np.asarray(a.z_sum_a)[perm], rtol=1e-6)
     other = _all_stats(clf, xs, _T3, 2000, batch_size=302, key=1)
     assert not np.array_equal(np.asarray(other.counts), np.asarray(a.counts))
+
+
+def _reference_noise(key_words, idx, shape, dtype):
+    """The noise as defined: Threefry words of the counters ``(i, j // 2)`` laid out as all first
+    words then all second words, turned into normals as ``jax.random.normal`` does."""
+    dim = int(np.prod(shape))
+    words = dim * (2 if dtype == np.float64 else 1)
+    pairs = (words + 1) // 2
+    counters = np.concatenate([np.repeat(idx, pairs), np.tile(np.arange(pairs, dtype=np.uint32), len(idx))])
+    out = np.asarray(threefry_2x32(tuple(key_words), jnp.asarray(counters)))
+    half = len(idx) * pairs
+    bits = np.concatenate([out[:half].reshape(-1, pairs), out[half:].reshape(-1, pairs)], axis=1)[:, :words]
+    if dtype == np.float64:
+        bits = (bits[:, :dim].astype(np.uint64) << np.uint64(32)) | bits[:, dim:].astype(np.uint64)
+        unit = ((bits >> np.uint64(12)) | np.uint64(0x3FF0000000000000)).view(np.float64) - 1.0
+    else:
+        unit = ((bits >> np.uint32(9)) | np.uint32(0x3F800000)).view(np.float32) - np.float32(1.0)
+    v = jnp.maximum(dtype(2.0) * jnp.asarray(unit) - dtype(1.0), np.nextafter(dtype(-1), dtype(0)))
+    return np.asarray(dtype(np.sqrt(2.0)) * jax.lax.erf_inv(v)).reshape((len(idx), *shape))
+
+
+@pytest.mark.parametrize("shape, dtype", [((8, 8, 1), np.float32), ((7,), np.float32), ((3, 5), np.float64)])
+def test_noise_is_bitwise_the_documented_draw(shape, dtype):
+    """``standard_normal`` transforms the two hash words separately (for speed): same bits as the definition."""
+    key_words = np.array([0x12345678, 0x9ABCDEF0], np.uint32)
+    idx = np.array([0, 1, 2, 1000, 2**32 - 1], np.uint32)
+    got = jax.jit(standard_normal, static_argnums=(2, 3))(jnp.asarray(key_words), jnp.asarray(idx), shape,
+                                                         jnp.dtype(dtype))
+    want = _reference_noise(key_words, idx, shape, dtype)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint8), want.view(np.uint8))
+
+
+def test_rows_per_call_does_not_change_the_statistics():
+    clf = HalfSpace(W, 0.1)
+    xs = jnp.asarray(_X3, jnp.float32)
+    a, b = (_all_stats(clf, xs, _T3, 1000, batch_size=200, rows_per_call=rpc) for rpc in (None, 300))
+    jax.tree_util.tree_map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
+
+
+def test_every_key_implementation_works():
+    """rbg keys give the noise of the Threefry key of the same seed; unsafe_rbg keys their own, deterministic."""
+    clf = HalfSpace(W, 0.1)
+    xs = jnp.asarray(_X3, jnp.float32)
+
+    def stats(key, batch_size=100):
+        return sample_statistics(clf.apply_fn, clf.params, xs, key, sigma=SIGMA, num_samples=400,
+                                 batch_size=batch_size, target_class=jnp.asarray(_T3), split_half=True)
+
+    threefry = stats(jax.random.key(7))
+    for impl in ("rbg", "unsafe_rbg"):
+        a, b = stats(jax.random.key(7, impl=impl)), stats(jax.random.key(7, impl=impl), batch_size=50)
+        np.testing.assert_array_equal(a.counts, b.counts)
+        np.testing.assert_array_equal(a.z_sum_a, b.z_sum_a)
+        same = np.array_equal(a.z_sum_a, threefry.z_sum_a) and np.array_equal(a.counts, threefry.counts)
+        assert same == (impl == "rbg"), impl
+    raw = stats(jax.random.PRNGKey(7))  # a raw uint32 key: the Threefry key of that seed
+    np.testing.assert_array_equal(raw.z_sum_a, threefry.z_sum_a)
 
 
 def test_runs_under_outer_jit_and_noise_dtype_follows_input():
