@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from smoothjax.app import cli, datasets, job, models, tsv
+from smoothjax.app import cli, datasets, job, models, provenance, tsv
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("cohen_l2", "sos_l2")
@@ -276,7 +276,7 @@ def test_several_processes_write_one_file_each(digits, reference, tmp_path, monk
     out = tmp_path / "multi.tsv"
     files = []
     for index in range(2):
-        monkeypatch.setattr(job, "_process", lambda index=index: (index, 2))
+        monkeypatch.setattr(job, "process_position", lambda index=index: (index, 2))
         summary = _run(digits, out)
         assert summary.out == job.process_output_path(str(out), index, 2) == f"{out}.process{index}-of-2"
         files.append(summary.out)
@@ -303,7 +303,7 @@ def test_shards_and_ids_helpers():
     np.testing.assert_array_equal(job.shard_positions(7, (2, 3)), [2, 5])
     np.testing.assert_array_equal(job.shard_positions(3, None), [0, 1, 2])
     for ids in (np.arange(0, 40, 7), np.array([5]), np.array([3, 1, 2]), np.array([], np.int64)):
-        np.testing.assert_array_equal(job._decode_ids(json.loads(json.dumps(job._encode_ids(ids)))), ids)
+        np.testing.assert_array_equal(provenance.decode_ids(json.loads(json.dumps(provenance.encode_ids(ids)))), ids)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -384,7 +384,7 @@ def test_cli_sidecar_records_the_run(cli_reference):
     assert len(settings["params_sha256"]) == len(settings["dataset_sha256"]) == 64
     meta = side["metadata"]
     assert meta["seed"] == 3 and "certify" in meta["command"] and "--seed" in meta["command"]
-    assert meta["model"]["sha256"] == job.file_sha256(models.default_model_path())
+    assert meta["model"]["sha256"] == provenance.file_sha256(models.default_model_path())
     assert meta["dataset"] == {"name": "digits", "split": "test", "skip": 3, "max_inputs": 32, "size": 360}
     env = side["environment"]
     assert set(env["versions"]) >= {"smoothjax", "jax", "jaxlib", "flax", "numpy", "python"}

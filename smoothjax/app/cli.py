@@ -140,7 +140,7 @@ def run_certify(
     """
     import jax
 
-    from smoothjax.app import analysis, datasets, job, models
+    from smoothjax.app import analysis, datasets, job, models, provenance
 
     check_certify_numbers(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, methods=methods)
     check_positive("--skip", skip, integer=True)
@@ -174,7 +174,8 @@ def run_certify(
     metadata = {
         "command": list(command) if command is not None else None,
         "seed": seed,
-        "model": {"path": model_file, "sha256": job.file_sha256(model_file) if os.path.isfile(model_file) else None,
+        "model": {"path": model_file,
+                  "sha256": provenance.file_sha256(model_file) if os.path.isfile(model_file) else None,
                   "config": config},
         "dataset": {"name": dataset, "split": split, "skip": skip, "max_inputs": max_inputs, "size": len(data)},
         "subspace": subspace if mask is not None else None,

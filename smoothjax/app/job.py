@@ -41,12 +41,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
 import functools
-import hashlib
 import json
 import os
-import platform
 import signal
 import sys
 import threading
@@ -59,6 +56,18 @@ import numpy as np
 
 from smoothjax import pipeline
 from smoothjax.app import tsv
+from smoothjax.app.provenance import (
+    decode_ids,
+    encode_ids,
+    environment,
+    file_sha256,
+    key_impl,
+    key_words,
+    now_utc,
+    params_sha256,
+    process_position,
+    sha256_arrays,
+)
 
 SIDECAR_FORMAT = "smoothjax-job/1"
 FORMATS = ("smoothjax", "cohen")
@@ -179,119 +188,6 @@ def shard_positions(num_inputs: int, shard: Shard | None) -> np.ndarray:
     return positions[index::count]
 
 
-# ------------------------------------------------------------------------------- hashes, environment
-
-
-def _sha256_arrays(arrays: Sequence[Any]) -> str:
-    digest = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a))
-        digest.update(f"{a.dtype.str}{a.shape};".encode())
-        digest.update(a.tobytes())
-    return digest.hexdigest()
-
-
-def params_sha256(params: Any) -> str:
-    """sha256 of a parameter pytree: its structure, and every leaf's dtype, shape and bytes."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    digest = hashlib.sha256(str(treedef).encode())
-    digest.update(_sha256_arrays(leaves).encode())
-    return digest.hexdigest()
-
-
-def file_sha256(path: str) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _key_words(key) -> list[int]:
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return [int(v) for v in np.asarray(key).reshape(-1)]
-
-
-def _process() -> tuple[int, int]:
-    """``(process index, process count)`` of this JAX process."""
-    return jax.process_index(), jax.process_count()
-
-
-def _key_impl(key) -> str:
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return str(jax.random.key_impl(key))
-    return f"raw uint32 key ({jax.config.jax_default_prng_impl})"
-
-
-def _version(name: str) -> str | None:
-    module = sys.modules.get(name)
-    version = getattr(module, "__version__", None)
-    if version is not None:
-        return str(version)
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-@functools.cache
-def _static_environment() -> tuple[tuple[str, Any], ...]:
-    import flax  # noqa: F401  (so that its version is read from the module)
-    import jaxlib  # noqa: F401
-
-    devices = jax.devices()
-    return (
-        ("versions", {name: _version(name) for name in ("smoothjax", "jax", "jaxlib", "flax", "numpy")}
-         | {"python": platform.python_version()}),
-        ("backend", jax.default_backend()),
-        ("device_kind", devices[0].device_kind),
-        ("device_count", jax.device_count()),
-        ("local_device_count", jax.local_device_count()),
-        ("process_count", jax.process_count()),
-        ("process_index", jax.process_index()),
-        ("platform", platform.platform()),
-        ("hostname", platform.node()),
-    )
-
-
-def environment() -> dict[str, Any]:
-    """Versions, PRNG implementation, devices and numeric settings of this process."""
-    env = dict(_static_environment())
-    env["versions"] = dict(env["versions"])
-    env.update(
-        prng_impl=str(jax.config.jax_default_prng_impl),
-        matmul_precision=jax.config.jax_default_matmul_precision,
-        x64=bool(jax.config.jax_enable_x64),
-    )
-    return env
-
-
-def _encode_ids(ids: np.ndarray) -> dict[str, Any] | list[int]:
-    """Input ids for the sidecar: ``{"start", "stop", "step"}`` when evenly spaced, else the list."""
-    ids = np.asarray(ids, np.int64)
-    if len(ids) >= 2:
-        step = int(ids[1] - ids[0])
-        if step > 0 and np.array_equal(np.diff(ids), np.full(len(ids) - 1, step)):
-            return {"start": int(ids[0]), "stop": int(ids[-1]) + step, "step": step}
-    if len(ids) == 1:
-        return {"start": int(ids[0]), "stop": int(ids[0]) + 1, "step": 1}
-    return [int(i) for i in ids]
-
-
-def _decode_ids(encoded: Mapping[str, int] | Sequence[int]) -> np.ndarray:
-    if isinstance(encoded, Mapping):
-        return np.arange(encoded["start"], encoded["stop"], encoded["step"], dtype=np.int64)
-    return np.asarray(encoded, np.int64)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def read_sidecar(path: str) -> dict[str, Any]:
     """Load a job sidecar; raises :class:`JobError` when it is missing or not a smoothjax job sidecar."""
     if not os.path.isfile(path):
@@ -307,7 +203,7 @@ def read_sidecar(path: str) -> dict[str, Any]:
 
 
 def _write_sidecar(path: str, data: Mapping[str, Any], *, sync_dir: bool = True) -> None:
-    data = dict(data, updated_utc=_now())
+    data = dict(data, updated_utc=now_utc())
     tsv.write_lines_atomic(path, [json.dumps(data, indent=1, sort_keys=False) + "\n"], sync_dir=sync_dir)
 
 
@@ -456,7 +352,7 @@ def certify_dataset(
     header_line = "\t".join(header) + "\n"
 
     positions = shard_positions(total_inputs, shard)
-    process = _process()
+    process = process_position()
     if process[1] > 1:
         positions = positions[process[0]::process[1]]
         out = process_output_path(out, *process)
@@ -464,14 +360,14 @@ def certify_dataset(
 
     settings = {
         "sigma": float(sigma), "n0": int(n0), "n": int(n), "alpha": float(alpha), "methods": list(methods),
-        "key": _key_words(key), "key_impl": _key_impl(key), "format": format,
+        "key": key_words(key), "key_impl": key_impl(key), "format": format,
         "format_method": format_method if format != "smoothjax" else None,
-        "subspace_sha256": None if subspace is None else _sha256_arrays([np.asarray(subspace, bool)]),
+        "subspace_sha256": None if subspace is None else sha256_arrays([np.asarray(subspace, bool)]),
         "shard": None if shard is None else [int(shard[0]), int(shard[1])],
         "process": None if process[1] == 1 else list(process),
         "params_sha256": params_sha256(params),
-        "dataset_sha256": _sha256_arrays([xs] + ([] if labels is None else [labels])),
-        "input_ids": _encode_ids(ids),
+        "dataset_sha256": sha256_arrays([xs] + ([] if labels is None else [labels])),
+        "input_ids": encode_ids(ids),
         "batch_size": int(batch_size), "inputs_per_call": int(inputs_per_call),
     }
 
@@ -479,7 +375,7 @@ def certify_dataset(
     kept: list[str] | None = None  # rows to keep when the file must be rewritten before resuming
     dropped = 0
     previous_sessions: list[dict] = []
-    started_utc = _now()
+    started_utc = now_utc()
     exists = os.path.exists(out)
     if exists and not resume and not overwrite:
         raise JobError(f"{out} exists; pass {_arg('resume', cli_flags)} to continue it or "
@@ -541,7 +437,7 @@ def certify_dataset(
         "environment": environment(),
         "metadata": dict(metadata or {}),
         "started_utc": started_utc,
-        "sessions": previous_sessions + [{"started_utc": _now(), "done_before": done_before}],
+        "sessions": previous_sessions + [{"started_utc": now_utc(), "done_before": done_before}],
     }
     samples_per_input = n0 + n
     chunk_seconds: list[float] = []
@@ -612,10 +508,10 @@ def certify_dataset(
             bar.close()
             seconds = time.perf_counter() - start_time
             record["status"] = status
-            record["sessions"][-1].update(ended_utc=_now(), inputs=done_now, seconds=round(seconds, 3),
+            record["sessions"][-1].update(ended_utc=now_utc(), inputs=done_now, seconds=round(seconds, 3),
                                           unconverged_radii=unconverged)
             if status == "complete":
-                record["finished_utc"] = _now()
+                record["finished_utc"] = now_utc()
             _write_sidecar(side, record, sync_dir=False)
 
     steady = float(np.sum(chunk_seconds[1:]) / np.sum(chunk_inputs[1:])) if len(chunk_seconds) > 1 else float("nan")
@@ -692,7 +588,7 @@ def merge_shards(paths: Sequence[str], out: str, *, overwrite: bool = False, cli
                               for d in differ)
             raise JobError(f"{path} and {paths[0]} come from different runs (they differ in {names}); "
                            "merge the shards of one job.")
-    ids = _decode_ids(first["settings"]["input_ids"])
+    ids = decode_ids(first["settings"]["input_ids"])
     rank = {int(i): r for r, i in enumerate(ids)}
     header_line, by_rank, holders = None, {}, {}
     for path in paths:
@@ -717,7 +613,7 @@ def merge_shards(paths: Sequence[str], out: str, *, overwrite: bool = False, cli
                        "merge every shard (and every process file).")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tsv.write_lines_atomic(out, [header_line] + [by_rank[r] for r in range(len(ids))])
-    record = dict(first, status="complete", out=os.path.basename(out), finished_utc=_now(),
+    record = dict(first, status="complete", out=os.path.basename(out), finished_utc=now_utc(),
                   settings=dict(first["settings"], shard=None, process=None),
                   inputs=dict(first.get("inputs", {}), job=len(ids), this_file=len(ids)),
                   merged_from=[{"path": os.path.relpath(p, os.path.dirname(os.path.abspath(out))),
