@@ -25,7 +25,7 @@ from smoothjax.theorem3._moments import QUAD_ERR, moments
 NEWTON_ITERS = 40  # most moments evaluations per branch of one solve (2 * NEWTON_ITERS in all)
 RES_TOL = 1e-13  # max |residual| at which Newton stops
 CONVERGED_TOL = 1e-11  # max |residual| reported as converged
-_STEP_SCALE = jnp.array([1.0, 3.0, 3.0])  # |dA|, 3|dB|, 3|d eps|: shifts of the curve over |x| <= 3
+_STEP_SCALE = (1.0, 3.0, 3.0)  # |dA|, 3|dB|, 3|d eps|: shifts of the curve over |x| <= 3
 
 
 class NewtonState(NamedTuple):
@@ -202,8 +202,8 @@ def _step(st, mu):
     step = jnp.linalg.solve(J + mu * jnp.diag(d), st.rhs)
     step = jnp.where(jnp.all(jnp.isfinite(step)), step, jnp.zeros_like(step))
     theta = st.theta
-    size = jnp.max(jnp.abs(step) * _STEP_SCALE)
-    radius = 1.0 + 0.5 * jnp.sum(jnp.abs(theta) * _STEP_SCALE)
+    size = jnp.max(jnp.abs(step) * jnp.asarray(_STEP_SCALE, step.dtype))
+    radius = 1.0 + 0.5 * jnp.sum(jnp.abs(theta) * jnp.asarray(_STEP_SCALE, theta.dtype))
     return step * jnp.minimum(1.0, radius / jnp.maximum(size, 1e-300))
 
 
