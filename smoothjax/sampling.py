@@ -284,8 +284,10 @@ def sample_statistics(apply_fn: Callable, params: Any, xs: ArrayLike, key: Array
       input_ids: ``[batch]`` non-negative ints (default ``arange(batch)``).
       dot_product, dipole, split_half: static flags selecting the statistics to compute.
       pairs_only: draw only the antithetic pairs (requires ``dipole`` and no other statistic).
-      mesh: optional ``jax.sharding.Mesh`` with axes ``("inputs", "samples")`` (default: every
-        device on the inputs axis; see :mod:`smoothjax._sharding`).
+      mesh: optional ``jax.sharding.Mesh`` with axes ``("inputs", "samples")`` and possibly more
+        (e.g. ``"model"``: parameters sharded over it keep their sharding; see
+        :func:`smoothjax.certify`). Default: the parameters' own mesh, else every device on the
+        inputs axis (:mod:`smoothjax._sharding`).
       rows_per_call: optional static cap on the rows of one model call (see :func:`device_statistics`).
 
     Returns:
@@ -321,7 +323,7 @@ def sample_statistics(apply_fn: Callable, params: Any, xs: ArrayLike, key: Array
     if not V.is_concrete((xs, sigma, target_class, input_ids)):
         dev = device_statistics(apply_fn, params, jnp.asarray(xs), key, sigma, target, input_ids, **flags)
         return combine(dev, sigma, target, xs_dtype=noise_dtype(xs), input_dim=_dim(xs), **_combine_kw(flags))
-    mesh = _sharding.default_mesh(np.shape(xs)[0]) if mesh is None else _sharding.check_mesh(mesh)
+    mesh = _sharding.resolve_mesh(mesh, np.shape(xs)[0], params)
     target_np = np.zeros(batch, np.int32) if target is None else np.asarray(target)
     xs_g, ids_g, target_g, local = _sharding.shard_inputs(mesh, np.asarray(xs), np.asarray(input_ids), target_np)
     dev = _device_statistics_jit(apply_fn, params, xs_g, key, jnp.asarray(sigma, noise_dtype(xs)), target_g, ids_g,

@@ -194,6 +194,12 @@ MODEL_SCRIPT = textwrap.dedent(
                 out["own_mesh_counts"] = np.asarray(own.statistics.counts)
                 out["error_samples"] = np.asarray(refused(params=place(mesh, P(None, "samples")), mesh=mesh))
                 out["error_inputs"] = np.asarray(refused(params=place(mesh, P("inputs", "model")), mesh=mesh))
+                try:  # the sampler alone checks the parameters' sharding the same way
+                    smoothjax.sample_statistics(apply_fn, place(mesh, P(None, "samples")), xs, key, sigma=0.5,
+                                                num_samples=100, batch_size=50, mesh=mesh)
+                    out["error_sampler"] = np.asarray("not refused")
+                except ValueError as err:
+                    out["error_sampler"] = np.asarray(str(err))
                 other = Mesh(devices.reshape(2, 2), ("data", "model"))
                 out["error_other_mesh"] = np.asarray(refused(params=place(other, P(None, "model")), mesh=mesh))
         # any axis order; the inputs positions of a (model, inputs, samples) mesh
@@ -233,6 +239,7 @@ def test_parameters_sharded_over_a_model_axis_stay_sharded(tmp_path):
     assert "f32[4,22]" not in hlo and "f32[22,6]" not in hlo
     assert "'samples'" in str(four["error_samples"]) and "'inputs'" in str(four["error_inputs"])
     assert "not over the mesh certification runs on" in str(four["error_other_mesh"])
+    assert "'samples'" in str(four["error_sampler"])
     assert int(four["positions"]) == 2
 
 
