@@ -7,11 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import count_compilations
 from analytic_classifiers import HalfSpace, Slab, unit_vector
+from helpers import count_compilations
 from scipy import stats
 
-from smoothjax import pipeline
 from smoothjax.pipeline import (
     REASON_LOW_PROBABILITY,
     REASON_NONFINITE_INPUT,
@@ -215,7 +214,7 @@ def test_batching_invariance_same_key_and_no_recompile(small_runs):
 
 
 def test_abstains_where_probability_too_low(small_runs):
-    clf, res = small_runs[0], small_runs[1]
+    res = small_runs[1]
     assert int(res.prediction[1]) == -1 and int(res.abstain_reason[1]) & REASON_LOW_PROBABILITY
     for name, r in res.radii.items():
         assert float(r[1]) == 0.0 and bool(res.method_abstained[name][1])
