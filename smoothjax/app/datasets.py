@@ -386,8 +386,7 @@ def load_image_folder(root: str, split: str = "test", *, resize: int = 256, crop
     classes = sorted(e.name for e in os.scandir(base) if e.is_dir())
     files, labels = [], []
     for index, cls in enumerate(classes):
-        for folder, subdirs, names in sorted(os.walk(os.path.join(base, cls), followlinks=True)):
-            subdirs.sort()
+        for folder, _subdirs, names in sorted(os.walk(os.path.join(base, cls), followlinks=True)):
             for name in sorted(names):
                 if name.lower().endswith(IMAGE_EXTENSIONS):
                     files.append(os.path.join(folder, name))
