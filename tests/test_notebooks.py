@@ -176,7 +176,18 @@ def test_every_notebook_is_known():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(KNOWN)
 
 
-@pytest.mark.parametrize("name", sorted(KNOWN), ids=lambda n: n.removesuffix(".ipynb"))
+# The dataset notebooks certify and train for 30 to 40 s each; they run with ``pytest -m slow``
+# (their code paths, certify on the digits and swiss-roll models and certificate training, are
+# tested directly in test_pipeline, test_job and test_training). The two paper-figure notebooks
+# stay in the default suite.
+SLOW_NOTEBOOKS = ("digits_certificates.ipynb", "certificate_training.ipynb", "swiss_roll.ipynb")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_NOTEBOOKS else n for n in sorted(KNOWN)],
+    ids=lambda n: n.removesuffix(".ipynb"),
+)
 def test_notebook_runs_and_saves_figures(name, tmp_path, monkeypatch):
     _needs, figures, check = KNOWN[name]
     monkeypatch.setenv("SMOOTHJAX_FIGURES", str(tmp_path))

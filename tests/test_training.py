@@ -249,6 +249,7 @@ def test_data_parallel_training_equals_single_device(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # about 30 s; the training loop and certificate losses are tested above
 def test_certificate_training_experiment_reduced_configuration(tmp_path):
     sys.path.insert(0, str(ROOT / "experiments"))
     try:
