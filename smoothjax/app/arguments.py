@@ -39,8 +39,29 @@ class UsageError(ValueError):
     """A mistake in what the user asked for; reported as one line and exit status 2."""
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends each option's text with ``(default: VALUE)`` where the default means something.
+
+    Left out: options without a default (``None``), flags (``False``), repeatable options (``[]``),
+    positional arguments, and options whose help already says what the default is (it mentions
+    "default", e.g. "default: the sigma the model was trained with").
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or default is None or default is argparse.SUPPRESS
+                or isinstance(default, bool) or default == []):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``smoothjax <cmd>: error: ...``) and exit status 2."""
+    """argparse with one-line errors (``smoothjax <cmd>: error: ...``), exit status 2, defaults in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -62,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "cohen_l2, sos_l2, dipole_l2, first_order_l1, first_order_linf")
     p.add_argument("--objective-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option passed to the objective, e.g. num_samples=4 (repeatable)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=30, help="passes over the training set")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per optimizer step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam, decayed on a cosine")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialization, shuffling and noise")
     p.add_argument("--out", required=True, help="checkpoint path to write (.msgpack)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="write a resumable checkpoint here every --checkpoint-every epochs (loadable by certify)")
-    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N", help="epochs between --checkpoint writes")
     p.add_argument("--resume", default=None, metavar="PATH", help="continue from a --checkpoint file (same arguments)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -100,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TSVs written by `smoothjax certify`, "
                         "Cohen et al.'s logs (idx label predict radius correct time), "
                         "the second paper's logs (N_<n>, second_order_N_<n>, dipole_N_<n>), or directories of them")
-    p.add_argument("--out", default="smoothjax-analysis", help="output directory (default: smoothjax-analysis)")
+    p.add_argument("--out", default="smoothjax-analysis", help="output directory")
     p.add_argument("--radii", default=",".join(f"{r:g}" for r in SUMMARY_RADII), help="radii for the table")
     p.add_argument("--method", default=None,
                    help="method name for logs with a single radius column "
@@ -112,15 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=None,
                    help="failure probability of the logs (default: from OUT.json; needed for HighProb accuracy)")
     p.add_argument("--rho", type=float, default=0.001,
-                   help="HighProb accuracy holds with probability >= 1 - RHO over the certification noise "
-                        "(default 0.001)")
+                   help="HighProb accuracy holds with probability >= 1 - RHO over the certification noise")
 
     p = sub.add_parser("demo", help="certify + analyze a digits subset with the shipped model")
-    p.add_argument("--out", default="smoothjax-demo", help="output directory (default: smoothjax-demo)")
-    p.add_argument("--max-inputs", type=int, default=DEMO_INPUTS,
-                   help=f"test inputs to certify (default {DEMO_INPUTS})")
-    p.add_argument("--n", type=int, default=DEMO_N, help=f"samples for estimation (default {DEMO_N})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="smoothjax-demo", help="output directory")
+    p.add_argument("--max-inputs", type=int, default=DEMO_INPUTS, help="test inputs to certify")
+    p.add_argument("--n", type=int, default=DEMO_N, help="samples for estimation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     return parser
 
 
@@ -154,28 +173,29 @@ def _add_certify_args(p):
                    help="certify any Flax model: FACTORY() (or FACTORY(MODEL) with --model) "
                         "in an importable module returns (apply_fn, params) or (apply_fn, params, config)")
     _add_dataset_args(p)
-    p.add_argument("--split", default="test", help="train | test (default test)")
+    p.add_argument("--split", default="test", help="train | test")
     p.add_argument("--sigma", type=float, default=None,
                    help="noise std (default: the sigma the model was trained with)")
-    p.add_argument("--n0", type=int, default=100, help="samples for selecting the top class (default 100)")
-    p.add_argument("--n", type=int, default=10_000, help="samples for estimation (default 10000)")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
+    p.add_argument("--n0", type=int, default=100, help="samples for selecting the top class")
+    p.add_argument("--n", type=int, default=10_000, help="samples for estimation")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
     p.add_argument("--batch-size", type=int, default=1000,
-                   help="noise samples per input per model call (even for sos/dipole; default 1000)")
+                   help="noise samples per input per model call, even for sos/dipole")
     p.add_argument("--methods", default="cohen,sos,dipole,l1,linf",
-                   help="comma-separated: cohen, sos, dipole, l1, linf, subspace (default: all but subspace)")
+                   help="comma-separated, from cohen, sos, dipole, l1, linf, subspace")
     p.add_argument("--subspace", default=None,
                    help="pixel mask for the subspace l2 threat model (default top when subspace is requested): "
                         "'top', 'bottom', 'left', 'right', 'centre' (image halves / central quarter) "
                         "or a .npy boolean mask of the input shape")
-    p.add_argument("--max-inputs", type=int, default=None, help="certify at most this many inputs")
-    p.add_argument("--skip", type=int, default=1, help="certify every SKIP-th input (default 1)")
+    p.add_argument("--max-inputs", type=int, default=None, help="certify at most this many inputs (default: all)")
+    p.add_argument("--skip", type=int, default=1, help="certify every SKIP-th input")
     p.add_argument("--inputs-per-call", type=int, default=10,
-                   help="inputs per compiled call; rows are written (and resumed) a call at a time (default 10)")
+                   help="inputs per compiled call; rows are written (and resumed) a call at a time")
     p.add_argument("--rows-per-call", default="auto",
                    help="most rows the model sees in one call (Cohen's --batch); 'auto' = 2048 on a CPU, every row "
                         "of a step on an accelerator; 'all' = every row of a step. Results do not depend on it")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise; each input's samples derive from it and the input's index")
 
 
 # ------------------------------------------------------------------------------------------

@@ -101,6 +101,8 @@ def cmd_train(args) -> int:
         "dataset": args.dataset, "sigma": args.sigma, "objective": args.objective, "objective_options": options,
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
     }
+    if isinstance(data.x, np.ndarray):  # the units the model learns; certify warns about data on another scale
+        config["training"]["input_range"] = [float(np.min(data.x)), float(np.max(data.x))]
     start = time.perf_counter()
     try:
         result = training.train(
@@ -170,6 +172,10 @@ def run_certify(
         ids = ids[:max_inputs]
     if len(ids) == 0:
         raise UsageError("no inputs to certify; lower --skip or raise --max-inputs.")
+    xs = np.asarray(data.x[ids])
+    warning = datasets.input_range_warning(xs, config, repr(dataset))
+    if warning:
+        print(f"smoothjax certify: warning: {warning}", file=sys.stderr, flush=True)
     model_file = model_path or ("" if model_fn else models.default_model_path())
     metadata = {
         "command": list(command) if command is not None else None,
@@ -181,7 +187,7 @@ def run_certify(
         "subspace": subspace if mask is not None else None,
     }
     summary = job.certify_dataset(
-        apply_fn, params, data.x[ids], data.y[ids], jax.random.key(seed), out=out, sigma=sigma, n0=n0, n=n,
+        apply_fn, params, xs, data.y[ids], jax.random.key(seed), out=out, sigma=sigma, n0=n0, n=n,
         alpha=alpha, batch_size=batch_size, methods=methods, subspace=mask, inputs_per_call=inputs_per_call,
         input_ids=ids, resume=resume, overwrite=overwrite, shard=shard, format=tsv_format,
         format_method=format_method, progress=progress, metadata=metadata, rows_per_call=rows_per_call,

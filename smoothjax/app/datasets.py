@@ -46,7 +46,9 @@ unless asked (``download=True``, the command line's ``--download``):
     pipeline (``Resize(256)``, ``CenterCrop(224)``, ``ToTensor()``). Images are decoded lazily
     (``x`` is an :class:`ImageFolderArray`), so only the certified inputs are read.
 
-Pixels of these formats are divided by ``scale`` (default 255, so [0, 1]). The decoders of the
+Pixels of these formats are divided by ``scale`` (default 255, so [0, 1]). ``smoothjax certify``
+warns when the inputs are on another scale than the model expects (:func:`input_range_warning`,
+e.g. 0..255 floats for a model of [0, 1] pixels). The decoders of the
 files themselves (:func:`read_cifar_batch`, :func:`read_idx`, :class:`ImageFolderArray`) and
 :class:`DatasetError` live in :mod:`smoothjax.app.dataset_readers` and are importable from here.
 
@@ -568,6 +570,51 @@ def match_input_shape(data: Dataset, expected: Sequence[int]) -> Dataset:
         f"inputs of {data.name!r} have shape {list(have)} but the model expects {list(want)}; "
         "for a .npz image array pass --layout nhwc or nchw, or use a dataset matching the model."
     )
+
+
+#: The units of an image model's inputs unless its config says otherwise: pixels in [0, 1].
+PIXEL_RANGE = (0.0, 1.0)
+
+
+def expected_input_range(config: dict) -> tuple[tuple[float, float], str] | None:
+    """``((low, high), where it comes from)``: the range of inputs a model expects, or None if unknown.
+
+    In this order: the config's own ``input_range`` (a ``--model-fn`` factory's config may set it),
+    the ``training.input_range`` that ``smoothjax train`` records (the training inputs' min and max),
+    and, for image inputs (``input_shape`` of two or more axes) of a smoothjax or PyTorch checkpoint,
+    :data:`PIXEL_RANGE` (the shipped model and the published architectures take [0, 1] pixels).
+    Other models (flat inputs without a record, factories that do not say) are not checked.
+    """
+    for where, value in (("its config's input_range", config.get("input_range")),
+                         ("recorded when it was trained", (config.get("training") or {}).get("input_range"))):
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return (float(value[0]), float(value[1])), where
+    if (config.get("source") or {}).get("format") != "model-fn" and len(config.get("input_shape") or ()) >= 2:
+        return PIXEL_RANGE, "the pixel convention of image models; the model records no range"
+    return None
+
+
+def input_range_warning(x: np.ndarray, config: dict, name: str) -> str | None:
+    """One line saying that inputs ``x`` are on another scale than the model ``config`` expects, or None.
+
+    The inputs are out of scale when they reach more than half the expected range's width beyond
+    it (for [0, 1]: above 1.5 or below -0.5), as 0..255 pixels fed to a model of [0, 1] pixels do.
+    Since sigma is in input units, such certificates would be meaningless; the line names the
+    observed and expected ranges and the fix (``--scale``).
+    """
+    expected = expected_input_range(config)
+    x = np.asarray(x)
+    if expected is None or x.size == 0:
+        return None
+    (low, high), where = expected
+    width = high - low
+    observed = float(np.min(x)), float(np.max(x))
+    if not (np.isfinite(width) and width > 0) or (low - width / 2 <= observed[0] and observed[1] <= high + width / 2):
+        return None
+    return (f"the inputs of {name} lie in [{observed[0]:g}, {observed[1]:g}] but the model expects inputs in "
+            f"[{low:g}, {high:g}] ({where}); sigma is in input units, so these certificates would be meaningless. "
+            "Rescale the inputs: --scale S divides them by S (--scale 255 for 0..255 pixels), "
+            "or save the data in the model's units.")
 
 
 def _no_download(download: bool, name: str) -> None:
