@@ -509,9 +509,12 @@ def top2_radius(pa_lower, pb_upper, *, sigma):
       enlarges the radius. NaN under ``jit`` for invalid inputs (probabilities outside [0, 1] or
       NaN, sigma <= 0 or non-finite), ``ValueError`` outside it.
 
-    Example:
+    Example (in float64; with x64 off it runs in float32 and gives 0.530783, below the exact value):
+      >>> import jax
       >>> import smoothjax.certificates as c
-      >>> round(float(c.top2_radius(0.8, 0.1, sigma=0.5)), 6)  # 0.25 * (0.841621 + 1.281552)
+      >>> with jax.enable_x64(True):
+      ...     radius = c.top2_radius(0.8, 0.1, sigma=0.5)
+      >>> round(float(radius), 6)  # 0.25 * (0.841621 + 1.281552)
       0.530793
     """
     check_probability("pa_lower", pa_lower)

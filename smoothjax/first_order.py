@@ -53,8 +53,11 @@ Gradients: everything is differentiable with ``jax.grad`` through the implicit/e
 of :func:`smoothjax.theorem3.directional_radius`; the square root above uses a zero subgradient
 where ``l <= a_up``, and the radius has zero gradient where ``p_lower <= 1/2``.
 
-float32 (``SMOOTHJAX_ENABLE_X64=0``): the arithmetic here is exact enough in float32; the accuracy
-and soundness are those of :func:`smoothjax.theorem3.directional_radius` in float32 (see there).
+float32 (when x64 is off): the arithmetic here is exact enough in float32; the accuracy and
+soundness are those of :func:`smoothjax.theorem3.directional_radius` in float32 (see there). Its
+solve often stops unconverged in float32, and an unconverged radius is sound but has a zero
+gradient (e.g. ``jax.grad`` of ``l1_radius(0.9, 0.3, 0.1, sigma=0.5)`` is 0.0 in float32), so turn
+x64 on (``with jax.enable_x64(True):``) to differentiate these radii.
 """
 
 from __future__ import annotations

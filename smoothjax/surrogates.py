@@ -263,6 +263,10 @@ def soft_radius(
     * ``"first_order_linf"``: :func:`smoothjax.first_order.linf_radius`
       ``(q, grad_l2, grad_l1, dim)`` (Corollary 3.3).
 
+    The two first-order radii need x64 on (e.g. ``with jax.enable_x64(True):``) to be trained
+    through: in float32 their Theorem 3 solve often stops unconverged, and an unconverged radius
+    has a zero gradient (see :mod:`smoothjax.theorem3`).
+
     For all but Cohen's, where ``p <= 1/2 + p_eps`` the Cohen value is returned instead (there the
     higher-order radii are 0 and flat, Cohen's keeps a slope). ``grad_l2`` is clipped into
     ``[grad_eps M, (1 - grad_eps) M]``, ``M = phi(Phi^-1(q)) / sigma`` (the feasible region of the

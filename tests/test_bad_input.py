@@ -324,7 +324,7 @@ def test_sampler_refuses_n_of_2_31_and_more_with_x64_on():
 
 
 def test_sampler_refuses_n_above_2_31_without_x64():
-    """With SMOOTHJAX_ENABLE_X64=0 counts are int32: n >= 2^31 must be refused before sampling."""
+    """In a fresh process x64 is off, so counts are int32: n >= 2^31 must be refused before sampling."""
     script = textwrap.dedent(
         """
         import numpy as np, jax, smoothjax as sj
@@ -341,7 +341,7 @@ def test_sampler_refuses_n_above_2_31_without_x64():
             print("ACCEPTED")
         """
     )
-    env = dict(os.environ, SMOOTHJAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")  # x64 off even if the caller exported it
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root,
                           timeout=300)

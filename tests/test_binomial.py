@@ -221,14 +221,14 @@ def test_every_k_small_n_and_random_k_large_n():
 
 @pytest.mark.slow
 def test_float32_mode_is_conservative():
-    """With SMOOTHJAX_ENABLE_X64=0 the solve runs in float32; bounds stay on the safe side."""
+    """In a fresh process x64 is off, so the solve runs in float32; bounds stay on the safe side."""
     code = (
         "import numpy as np, smoothjax, jax.numpy as jnp;"
         "k=np.array([1,50,95126,999000,9496110],np.float32); n=np.array([10,100,100000,1000000,10000000],np.float32);"
         "lo=smoothjax.clopper_pearson_lower(k,n,0.001); up=smoothjax.clopper_pearson_upper(k,n,0.001);"
         "print(lo.dtype, *np.asarray(lo,float).tolist(), *np.asarray(up,float).tolist())"
     )
-    env = dict(os.environ, SMOOTHJAX_ENABLE_X64="0")
+    env = dict(os.environ, JAX_ENABLE_X64="0")  # x64 off even if the caller exported it
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     fields = out.stdout.split()
     assert fields[0] == "float32"

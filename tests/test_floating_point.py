@@ -13,9 +13,9 @@ References are computed with mpmath at 30 significant digits from the defining e
 
 Requirements: the float64 radius never exceeds the reference by more than 1e-12 relative (and is
 not more than 1e-9 relative below it: a sound but useless answer would also pass the first test).
-The float32 path (a subprocess with ``SMOOTHJAX_ENABLE_X64=0``, reference evaluated at the exact
-float32 inputs) is either sound the same way or refuses (NaN). Near p = 1 (k = n) radii are finite
-and sound. The worst deviations are printed (``pytest -s``).
+The float32 path (a fresh subprocess: x64 is off there, so smoothjax computes in float32; reference
+evaluated at the exact float32 inputs) is either sound the same way or refuses (NaN). Near p = 1
+(k = n) radii are finite and sound. The worst deviations are printed (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ def _run_float32(quick):
     cp_pts = [(k, n) for k, n in CP_POINTS if n < 2**24]
     payload = dict(sigma=float(sigma), p=p.tolist(), sos_p=sos_p.tolist(), sos_g=(sos_g / float(sigma)).tolist(),
                    cs=cs.tolist(), cn=cn.tolist(), k=[k for k, _ in cp_pts], n=[n for _, n in cp_pts], alpha=0.001)
-    env = dict(os.environ, SMOOTHJAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")  # x64 off even if the caller exported it
     proc = subprocess.run([sys.executable, "-c", _F32_SCRIPT], input=json.dumps(payload), capture_output=True,
                           text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -365,14 +365,14 @@ def _float32_problems(quick):
     return _F32_CACHE[quick]
 
 
-def _assert_no_problems(problems):
-    assert not problems, "\n".join(problems[:20]) + f"\n({len(problems)} unsound float32 values)"
+def _assert_no_problems(problems, message=""):
+    head = message + "\n" if message else ""
+    assert not problems, head + "\n".join(problems[:20]) + f"\n({len(problems)} unsound float32 values)"
 
 
-F32_SOS_BUG = (
-    "BUG (owner A, certificates.sos_radius in float32, SMOOTHJAX_ENABLE_X64=0): the radius exceeds the exact "
-    "radius of its float32 inputs by ~1.2e-4 relative at some grid points (e.g. 0.0079935 vs 0.0079925), "
-    "so the float32 path is neither sound nor refusing there.")
+F32_SOS_MESSAGE = (
+    "sos_radius in float32 must not exceed the exact radius of its float32 inputs (or must refuse with NaN); "
+    "these points are above it:")
 
 
 @pytest.mark.parametrize("name", ["cohen_radius", "dipole_radius", "clopper_pearson_lower"])
@@ -381,7 +381,7 @@ def test_float32_path_sound_or_refuses_quick(name):
 
 
 def test_float32_sos_sound_or_refuses_quick():
-    _assert_no_problems(_float32_problems(True)["sos_radius"])
+    _assert_no_problems(_float32_problems(True)["sos_radius"], F32_SOS_MESSAGE)
 
 
 @pytest.mark.slow
@@ -392,7 +392,7 @@ def test_float32_path_sound_or_refuses_dense(name):
 
 @pytest.mark.slow
 def test_float32_sos_sound_or_refuses_dense():
-    _assert_no_problems(_float32_problems(False)["sos_radius"])
+    _assert_no_problems(_float32_problems(False)["sos_radius"], F32_SOS_MESSAGE)
 
 
 # ----------------------------------------------------------------------------- bisection on the float order

@@ -259,7 +259,7 @@ def test_bad_inputs_raise():
 
 
 def test_counts_do_not_overflow_in_32_bit_mode():
-    """With x64 off, counts are int32 and n >= 2^31 is refused instead of wrapping around."""
+    """In a fresh process x64 is off, so counts are int32 and n >= 2^31 is refused instead of wrapping around."""
     code = (
         "import jax, jax.numpy as jnp, numpy as np, smoothjax\n"
         "from smoothjax.sampling import sample_statistics, count_dtype\n"
@@ -271,7 +271,7 @@ def test_counts_do_not_overflow_in_32_bit_mode():
         "except ValueError as e:\n"
         "    assert 'exceeds' in str(e); print('ok')\n"
     )
-    env = dict(os.environ, SMOOTHJAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")  # x64 off even if the caller exported it
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 

@@ -78,8 +78,15 @@ Phi(Phi^-1(q) + r m1 / M) >= q and an infinite radius. Near that arc the multipl
 Newton may report ``converged = False``; the value returned is still a valid (possibly loose)
 lower bound because it is a dual value.
 
-float32: the solver runs in :func:`smoothjax._config.float_dtype`; in float32 its tolerances are
-not reachable and ``converged`` is usually False -- use float64 (the default).
+float32: the solver runs in :func:`smoothjax._config.float_dtype`, which is float32 unless x64 is on;
+in float32 its tolerances are not reachable and ``converged`` is usually False. For float64 turn
+x64 on: ``jax.config.update("jax_enable_x64", True)``, or ``with jax.enable_x64(True):`` around the
+calls. An unconverged float32 radius is still sound (a certified iterate), but its derivative is
+zero by design (``fixed`` in :mod:`smoothjax.theorem3._radius`): e.g. in float32
+``directional_radius(0.9, -0.05, 0.1)`` is 1.6290667 (below the float64 1.629086, so sound) with
+``converged`` False, and its gradient is 0.0. So in float32 programs the first-order l1, linf and
+subspace radii (:mod:`smoothjax.first_order`) give no gradient wherever the solve stops
+unconverged, which is most of the time.
 
 Layout (each module imports only the ones above it)
 ---------------------------------------------------
@@ -226,8 +233,10 @@ def theorem3_coefficients(r: ArrayLike, q: ArrayLike, m1: ArrayLike, m2: ArrayLi
     Not differentiable (use :func:`theorem3_p_lower` for gradients).
 
     Example:
+      >>> import jax
       >>> from smoothjax.theorem3 import theorem3_coefficients
-      >>> sol = theorem3_coefficients(1.0, 0.9, -0.05, 0.1)
+      >>> with jax.enable_x64(True):  # float64: see "float32" in the module docstring
+      ...     sol = theorem3_coefficients(1.0, 0.9, -0.05, 0.1)
       >>> print(f"{float(sol.p_lower):.4f}", bool(sol.converged), int(sol.branch))
       0.7221 True 0
     """
@@ -351,11 +360,15 @@ def directional_radius(q: ArrayLike, m1: ArrayLike, m2: ArrayLike) -> jax.Array:
     Example:
       >>> import jax
       >>> from smoothjax.theorem3 import directional_radius
-      >>> print(f"{float(directional_radius(0.9, -0.05, 0.1)):.4f}")
+      >>> with jax.enable_x64(True):  # float64: see "float32" in the module docstring
+      ...     radius = directional_radius(0.9, -0.05, 0.1)
+      ...     abstain = directional_radius(0.4, -0.05, 0.1)
+      ...     slope = float(jax.grad(directional_radius)(0.9, -0.05, 0.1))
+      >>> print(f"{float(radius):.4f}")
       1.6291
-      >>> print(f"{float(directional_radius(0.4, -0.05, 0.1)):.4f}")  # q <= 1/2: abstain
+      >>> print(f"{float(abstain):.4f}")  # q <= 1/2: abstain
       0.0000
-      >>> bool(jax.grad(directional_radius)(0.9, -0.05, 0.1) > 0)
+      >>> slope > 0
       True
     """
     _check_inputs(q, m1, m2)
@@ -406,11 +419,14 @@ def directional_radius_solution(q: ArrayLike, m1: ArrayLike, m2: ArrayLike) -> D
     ``converged`` False. Not differentiable (use :func:`directional_radius` for gradients).
 
     Example:
+      >>> import jax
       >>> from smoothjax.theorem3 import directional_radius_solution
-      >>> sol = directional_radius_solution(0.9, -0.05, 0.1)
+      >>> with jax.enable_x64(True):  # float64: see "float32" in the module docstring
+      ...     sol = directional_radius_solution(0.9, -0.05, 0.1)
+      ...     band = directional_radius_solution(0.9, -0.1, 0.0)  # m2 = 0: closed form
       >>> print(f"{float(sol.radius):.4f}", bool(sol.converged), int(sol.evaluations) > 0)
       1.6291 True True
-      >>> bool(directional_radius_solution(0.9, -0.1, 0.0).evaluations == 0)  # m2 = 0: closed form
+      >>> bool(band.evaluations == 0)
       True
     """
     _check_inputs(q, m1, m2)
