@@ -151,6 +151,30 @@ def test_rows_per_call_does_not_change_the_statistics():
     jax.tree_util.tree_map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
 
 
+def test_pair_dots_in_blocks_are_the_same_sums():
+    from smoothjax.sampling import _pair_dots
+
+    uu = jax.random.normal(jax.random.key(0), (3, 37, 2, 1000), jnp.float32)
+    whole, blocks = jax.jit(lambda u: _pair_dots(u, 10**9))(uu), jax.jit(lambda u: _pair_dots(u, 7000))(uu)
+    for a, b in zip(whole[:2], blocks[:2]):  # the double word u.u', bit for bit
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(whole[2]), np.asarray(blocks[2]), rtol=1e-6)  # sum |u_j u'_j|
+
+
+def test_grouped_and_blocked_program_has_no_64_bit_op():
+    """rows_per_call (groups of inputs) and long inputs (dot products in blocks of pairs) under x64."""
+    import re
+
+    assert jax.config.jax_enable_x64
+    program = jax.jit(functools.partial(
+        device_statistics, lambda p, x: x.reshape(x.shape[0], -1)[:, :3], None, num_samples=1000, batch_size=100,
+        dot_product=True, dipole=True, split_half=True, rows_per_call=150))
+    args = (jnp.zeros((4, 3072), jnp.float32), jax.random.key(0), jnp.float32(0.5), jnp.zeros(4, jnp.int32),
+            jnp.arange(4, dtype=jnp.uint32))
+    text = jax.export.export(program, platforms=["tpu"])(*args).mlir_module()
+    assert not re.findall(r"\b(f64|i64|ui64)\b", text)
+
+
 def test_every_key_implementation_works():
     """rbg keys give the noise of the Threefry key of the same seed; unsafe_rbg keys their own, deterministic."""
     clf = HalfSpace(W, 0.1)
