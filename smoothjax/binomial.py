@@ -39,7 +39,7 @@ and n ~ 1e9 the continued fraction needs thousands of terms near the mean; it is
 Invalid inputs: concrete ones raise ``ValueError`` (negative counts, k > n, n < 1, non-integer
 counts, alpha outside (0, 1), NaN); under ``jit`` the functions return NaN for them instead.
 
-float32 (``SMOOTHJAX_ENABLE_X64=0``): the same algorithm runs in float32 (margin and bracket
+float32 (x64 off): the same algorithm runs in float32 (margin and bracket
 tolerances scale with float32 eps); bounds are then accurate to about 2e-4 relative for
 n <= 1e7 (tested) and err on the safe side (the float32 margin is what costs the 2e-4), but
 counts above 2^24 are not exact in float32, so prefer x64 for large n.

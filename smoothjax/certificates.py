@@ -24,8 +24,8 @@ Conventions shared by every function here:
   checks cannot run, and the functions return NaN for invalid entries instead (probabilities
   outside [0, 1] or NaN, sigma <= 0 or non-finite, negative or NaN gradient norms, ...).
 * dtype: inputs are converted with :func:`smoothjax._config.as_float`: float32 inputs are
-  promoted to float64 when x64 is on (the default), and results are float64. With
-  ``SMOOTHJAX_ENABLE_X64=0`` everything runs in float32: the same formulas with float32 rounding
+  promoted to float64 when the caller has x64 on, and results are float64. With x64 off (JAX's
+  default) everything runs in float32: the same formulas with float32 rounding
   (about 1e-6 relative), and every radius is then shrunk by a relative 2^-16 = 1.5e-5 so that it
   stays below the exact radius for the given (float32) inputs (tested). Prefer x64 for
   certification: float32 cannot even represent p_lower within 6e-8 of 1.

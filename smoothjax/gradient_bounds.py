@@ -108,7 +108,7 @@ Numerics. Computed in :func:`smoothjax._config.float_dtype` (float64 by default;
 promoted). The rounding error of the dot product / norms is bounded (``2 m eps sum |x_i y_i|``)
 and added on the safe side, the deviations ``t`` and the results are widened by ``16 eps``
 relative (so the cancellation in ``X.Y - t`` cannot round a lower bound up), so in float32
-mode (``SMOOTHJAX_ENABLE_X64=0``) the bounds stay conservative. Bad input: outside ``jit``, NaN/inf
+mode (x64 off) the bounds stay conservative. Bad input: outside ``jit``, NaN/inf
 means, mismatched shapes, ``alpha`` outside (0, 1), ``sigma <= 0`` or a count ``< 1`` raise
 ``ValueError``; under ``jit`` the affected entries are NaN (never a finite wrong number).
 """

@@ -390,7 +390,7 @@ def test_exported_from_package():
 
 @pytest.mark.slow
 def test_float32_mode_is_conservative():
-    """With SMOOTHJAX_ENABLE_X64=0 the radii are float32 and stay below the exact (float64) values."""
+    """In a fresh process x64 is off, so the radii are float32 and stay below the exact (float64) values."""
     import os
     import subprocess
     import sys
@@ -402,7 +402,7 @@ def test_float32_mode_is_conservative():
         "r=[sj.cohen_radius(p,0.25), sj.sos_radius(p,g,0.25), sj.dipole_radius(p*h,p*f,0.25)];"
         "print(r[0].dtype, *np.concatenate([np.asarray(x,float) for x in r]).tolist())"
     )
-    env = dict(os.environ, SMOOTHJAX_ENABLE_X64="0")
+    env = dict(os.environ, JAX_ENABLE_X64="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     fields = out.stdout.split()
     assert fields[0] == "float32"
