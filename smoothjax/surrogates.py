@@ -263,9 +263,11 @@ def soft_radius(
     * ``"first_order_linf"``: :func:`smoothjax.first_order.linf_radius`
       ``(q, grad_l2, grad_l1, dim)`` (Corollary 3.3).
 
-    The two first-order radii need x64 on (e.g. ``with jax.enable_x64(True):``) to be trained
-    through: in float32 their Theorem 3 solve often stops unconverged, and an unconverged radius
-    has a zero gradient (see :mod:`smoothjax.theorem3`).
+    The two first-order radii can be trained through in float32: their Theorem 3 solve there
+    usually stops unconverged (its tolerances are out of float32's reach), but a solve accurate to
+    float32 round-off gives the implicit-function derivative, about 1e-3 relative of float64's
+    (a solve that stops short of that, rare, gives a zero gradient; see :mod:`smoothjax.theorem3`).
+    For float64 accuracy turn x64 on (e.g. ``with jax.enable_x64(True):``).
 
     For all but Cohen's, where ``p <= 1/2 + p_eps`` the Cohen value is returned instead (there the
     higher-order radii are 0 and flat, Cohen's keeps a slope). ``grad_l2`` is clipped into
