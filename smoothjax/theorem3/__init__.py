@@ -81,16 +81,20 @@ lower bound because it is a dual value.
 float32: the solver runs in :func:`smoothjax._config.float_dtype`, which is float32 unless x64 is on;
 in float32 its tolerances are not reachable and ``converged`` is usually False. For float64 turn
 x64 on: ``jax.config.update("jax_enable_x64", True)``, or ``with jax.enable_x64(True):`` around the
-calls. An unconverged float32 radius is still sound (a certified iterate, to float32 round-off),
-and its derivative is the implicit-function derivative -(dp/dtheta) / (dp/dr) at the last float32
-solve, provided that solve is accurate to float32 round-off (``slope_ok`` in
-:mod:`smoothjax.theorem3._radius`: residual <= 1e-4 M, r within 1e-3 relative of its crossing);
-measured against float64 on q in (0.55, 0.999), m1 <= 0, 0 <= m2 < M (tests/test_float32_gradients.py)
-it is within 1e-3 relative (up to 6e-3 near q = 1, m2 = M, where dR/dq ~ 2e4). E.g. in float32
-``directional_radius(0.9, -0.05, 0.1)`` is 1.6290667 (below the float64 1.629086, so sound) with
-``converged`` False, and its gradient in q is 6.455563 (float64: 6.455570). A solve that stops short
-of round-off (out of budget, NaN) keeps a zero derivative, as every unconverged float64 radius
-does (``fixed``). So the first-order l1, linf and subspace radii (:mod:`smoothjax.first_order`)
+calls. A float32 radius is taken down by :data:`F32_ROUND_ULPS` float32 ulps of
+|R| + sum_i |x_i dR/dx_i| (x = q, m1, m2): the float32 solve's own rounding, carried through the
+radius's sensitivity to its inputs, put it up to 1.2 such ulps (8e-5 relative at q = 0.999) above
+the float64 radius at the same inputs; with the margin it stays below (tests/test_float32_gradients.py).
+An unconverged float32 radius is a certified iterate, and its derivative is the
+implicit-function derivative -(dp/dtheta) / (dp/dr) at the last float32 solve, provided that solve
+is accurate to float32 round-off (``slope_ok`` in :mod:`smoothjax.theorem3._radius`: residual <=
+1e-4 M, r within 1e-3 relative of its crossing); measured against float64 on q in (0.55, 0.999), m1
+<= 0, 0 <= m2 < M (tests/test_float32_gradients.py) it is within 1e-3 relative (up to 6e-3 near q =
+1, m2 = M, where dR/dq ~ 2e4). E.g. in float32 ``directional_radius(0.9, -0.05, 0.1)`` is 1.6290592
+(below the float64 1.629086, so sound) with ``converged`` False, and its gradient in q is 6.455563
+(float64: 6.455570). A solve that stops short of round-off (out of budget, NaN) keeps a zero
+derivative, as every unconverged float64 radius does (``fixed``). So the first-order l1, linf and
+subspace radii (:mod:`smoothjax.first_order`)
 can be trained through in float32 too.
 
 Layout (each module imports only the ones above it)
@@ -308,7 +312,27 @@ def _radius_with_margin(q, m1, m2) -> tuple[jax.Array, RadiusBatch]:
     out = radius_batch(*[jnp.broadcast_to(a, shape).reshape(-1) for a in args])
     out = jax.tree_util.tree_map(lambda x: x.reshape(shape + x.shape[1:]), out)
     R = jnp.where(out.special, out.R, out.R * (1.0 - R_MARGIN))
+    if jnp.finfo(R.dtype).bits == 32:
+        R = _float32_rounding_margin(R, out, args)
     return R, out
+
+
+#: float32 only: radii are taken down by this many float32 ulps of |R| + sum_i |x_i dR/dx_i|
+#: (x = q, m1, m2; dR/dx_i = -lam_i / Pr), the solve's own rounding carried through the radius's
+#: sensitivity to its inputs (ill-conditioned near q = 1). Measured float32 excess over the float64
+#: radius at the same inputs: up to 1.2 such ulps (8e-5 relative at q = 0.999), hence 8.
+F32_ROUND_ULPS = 8.0
+
+
+def _float32_rounding_margin(R, out, args):
+    """float32 radii moved below their rounding error (see :data:`F32_ROUND_ULPS`); float64 never
+    comes here. Lanes without a finite sensitivity (closed forms' 0 and inf, NaN) are unchanged
+    apart from the relative part."""
+    x = jnp.stack([jnp.broadcast_to(a, R.shape) for a in args], axis=-1)
+    sens = jnp.sum(jnp.abs(out.lam * x), axis=-1) / jnp.abs(out.Pr)
+    sens = jnp.where(jnp.isfinite(sens), sens, 0.0)
+    lowered = R - F32_ROUND_ULPS * jnp.finfo(R.dtype).eps * (jnp.abs(R) + sens)
+    return jnp.where(jnp.isfinite(R) & (R > 0), jnp.maximum(lowered, 0.0), R)
 
 
 @jax.custom_jvp
