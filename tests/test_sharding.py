@@ -218,6 +218,7 @@ def _run_model(path, devices):
     return dict(np.load(path))
 
 
+@pytest.mark.slow  # about 35 s (two subprocesses); the default suite keeps the 4-device mesh test above
 def test_parameters_sharded_over_a_model_axis_stay_sharded(tmp_path):
     """Dense kernels split over a "model" axis: counts bitwise equal to one device on the meshes
     (inputs, samples, model) = (1, 2, 2) and (2, 1, 2), radii equal, the kernels split in the
