@@ -24,6 +24,7 @@ operands of one tree level are disjoint sub-sums whose magnitudes add up to at m
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -53,23 +54,34 @@ def dw_add(xh, xl, yh, yl):
     return _fast_two_sum(vh, vl)
 
 
-def tree_sum(x, axis: int):
+def tree_sum(x, axis: int, lo=None):
     """Sum ``x`` along ``axis`` as a double word ``(hi, lo)`` by a balanced tree of :func:`dw_add`.
 
     The axis is padded with zeros to a power of two; the depth of the tree is
-    ``ceil(log2(x.shape[axis]))`` (see :func:`tree_depth`). ``x`` is taken as exact.
+    ``ceil(log2(x.shape[axis]))`` (see :func:`tree_depth`); term ``i`` meets term ``i + half``.
+    ``x`` is taken as exact, or, with ``lo``, the terms are the double words ``(x, lo)``. The tree
+    works on slices along ``axis`` (no transpose: moving a long last axis to the front first
+    costs as much as the sum).
     """
-    x = jnp.moveaxis(x, axis, 0)
-    size = x.shape[0]
-    depth = tree_depth(size)
-    pad = (1 << depth) - size
-    if pad:
-        x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-    hi, lo = x, jnp.zeros_like(x)
-    while hi.shape[0] > 1:
-        half = hi.shape[0] // 2
-        hi, lo = dw_add(hi[:half], lo[:half], hi[half:], lo[half:])
-    return hi[0], lo[0]
+    axis = axis % x.ndim
+    pad = (1 << tree_depth(x.shape[axis])) - x.shape[axis]
+    hi = pad_zeros(x, pad, axis)
+    lo = jnp.zeros_like(hi) if lo is None else pad_zeros(lo, pad, axis)
+    while hi.shape[axis] > 1:
+        half = hi.shape[axis] // 2
+        first = [jax.lax.slice_in_dim(v, 0, half, axis=axis) for v in (hi, lo)]
+        second = [jax.lax.slice_in_dim(v, half, 2 * half, axis=axis) for v in (hi, lo)]
+        hi, lo = dw_add(first[0], first[1], second[0], second[1])
+    return jnp.squeeze(hi, axis), jnp.squeeze(lo, axis)
+
+
+def pad_zeros(x, pad: int, axis: int = -1):
+    """``x`` with ``pad`` zeros appended along ``axis`` (no 64-bit constant, unlike ``jnp.pad``)."""
+    if not pad:
+        return x
+    config = [(0, 0, 0)] * x.ndim
+    config[axis] = (0, pad, 0)
+    return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
 def tree_depth(size: int) -> int:

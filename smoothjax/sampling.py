@@ -516,7 +516,7 @@ def device_statistics(apply_fn: Callable, params: Any, xs: ArrayLike, key: jax.A
             absdot = jnp.where(both, absdot, zero)
             sq = dot_hi * dot_hi
             new = new._replace(
-                dot=_dw_accumulate(carry.dot, _tree_last(dot_hi, dot_lo)),
+                dot=_dw_accumulate(carry.dot, S.tree_sum(dot_hi, axis=1, lo=dot_lo)),
                 dot_sq=_dw_accumulate(carry.dot_sq, S.tree_sum(sq, axis=1)),
                 dot_abs=_dw_accumulate(carry.dot_abs, S.tree_sum(absdot, axis=1)),
             )
@@ -579,36 +579,16 @@ def _pair_dots(uu: jax.Array, block_values: int = 2**17) -> tuple[jax.Array, jax
 
     def dots(x):
         prod = x[..., 0, :] * x[..., 1, :]  # rounded products
-        return (*_tree_last(prod), jnp.sum(jnp.abs(prod), axis=-1))
+        return (*S.tree_sum(prod, axis=-1), jnp.sum(jnp.abs(prod), axis=-1))
 
     block = max(1, block_values // dim)
     if block >= pairs:
         return dots(uu)
     total = batch * pairs
     steps = -(-total // block)
-    flat = _pad_zeros(uu.reshape((total, 2, dim)), steps * block - total, axis=0)
+    flat = S.pad_zeros(uu.reshape((total, 2, dim)), steps * block - total, axis=0)
     out = _map(dots, flat.reshape((steps, block, 2, dim)))
     return tuple(o.reshape(-1)[:total].reshape((batch, pairs)) for o in out)
-
-
-def _tree_last(hi: jax.Array, lo: jax.Array | None = None) -> DoubleWord:
-    """Double words ``(hi, lo)`` (``lo`` zero: exact values) summed along the last axis by the balanced
-    tree of :func:`smoothjax._summation.tree_sum` (term ``i`` meets term ``i + half``), on slices of
-    that axis: moving it to the front first costs a transpose (2x the time for d = 3072)."""
-    pad = (1 << S.tree_depth(hi.shape[-1])) - hi.shape[-1]
-    hi = _pad_zeros(hi, pad)
-    lo = jnp.zeros_like(hi) if lo is None else _pad_zeros(lo, pad)
-    while hi.shape[-1] > 1:
-        half = hi.shape[-1] // 2
-        hi, lo = S.dw_add(hi[..., :half], lo[..., :half], hi[..., half:], lo[..., half:])
-    return hi[..., 0], lo[..., 0]
-
-
-def _pad_zeros(x: jax.Array, pad: int, axis: int = -1) -> jax.Array:
-    """``x`` with ``pad`` zeros appended along ``axis`` (no 64-bit constant, unlike ``jnp.pad``)."""
-    config = [(0, 0, 0)] * x.ndim
-    config[axis] = (0, pad, 0)
-    return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
 def _reduce_over_samples(out: DeviceStatistics, axis: str) -> DeviceStatistics:
@@ -616,7 +596,8 @@ def _reduce_over_samples(out: DeviceStatistics, axis: str) -> DeviceStatistics:
     def reduce(x):
         if x is None or not isinstance(x, tuple):
             return None if x is None else jax.lax.psum(x, axis)
-        return _tree_last(*(jnp.moveaxis(jax.lax.all_gather(v, axis), 0, -1) for v in x))
+        hi, lo = (jax.lax.all_gather(v, axis) for v in x)
+        return S.tree_sum(hi, axis=0, lo=lo)
 
     return DeviceStatistics(*(reduce(x) for x in out))
 
